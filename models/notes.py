@@ -1,0 +1,132 @@
+"""Notes and piano rolls: the one representation of music inside Backline.
+
+A `Note` is AbletonOSC's 5-tuple (pitch, start, duration, velocity, mute) with times in
+beats. A piano roll is a pair of boolean arrays `[time, pitch]`: `frames` (the pitch
+sounds at this step) and `onsets` (a note starts at this step). The onset roll is what
+keeps two repeated notes apart where a frame roll alone would merge them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, NamedTuple
+
+import numpy as np
+
+
+class Note(NamedTuple):
+    """One note; times in beats from the clip start."""
+
+    pitch: int
+    start: float
+    duration: float
+    velocity: int = 100
+    mute: bool = False
+
+    @property
+    def end(self) -> float:
+        return self.start + self.duration
+
+
+@dataclass(frozen=True)
+class Roll:
+    """A single-track piano roll on a step grid.
+
+    frames, onsets: bool `[n_steps, n_pitches]`; column 0 is MIDI pitch `lowest_pitch`.
+    """
+
+    frames: np.ndarray
+    onsets: np.ndarray
+    steps_per_beat: int
+    lowest_pitch: int
+
+    @property
+    def n_steps(self) -> int:
+        return self.frames.shape[0]
+
+    @property
+    def n_pitches(self) -> int:
+        return self.frames.shape[1]
+
+
+def notes_to_roll(
+    notes: Iterable[Note],
+    n_steps: int,
+    steps_per_beat: int,
+    lowest_pitch: int,
+    n_pitches: int,
+    *,
+    clip: bool = True,
+) -> Roll:
+    """Quantise notes to the step grid.
+
+    Start and end snap to the nearest step; a note shorter than half a step still keeps one
+    step. Notes outside the pitch range raise ValueError unless `clip` is true, in which
+    case they are dropped. Notes past `n_steps` are cut at the end of the roll.
+    """
+    frames = np.zeros((n_steps, n_pitches), dtype=bool)
+    onsets = np.zeros((n_steps, n_pitches), dtype=bool)
+    for note in notes:
+        if note.mute:
+            continue
+        column = int(note.pitch) - lowest_pitch
+        if not 0 <= column < n_pitches:
+            if clip:
+                continue
+            raise ValueError(
+                f"pitch {note.pitch} is outside {lowest_pitch}..{lowest_pitch + n_pitches - 1}"
+            )
+        start = int(round(note.start * steps_per_beat))
+        end = max(start + 1, int(round(note.end * steps_per_beat)))
+        if start >= n_steps or end <= 0:
+            continue
+        start = max(start, 0)
+        end = min(end, n_steps)
+        frames[start:end, column] = True
+        onsets[start, column] = True
+    return Roll(frames, onsets, steps_per_beat, lowest_pitch)
+
+
+def roll_to_notes(roll: Roll, velocity: int = 100) -> list[Note]:
+    """Turn runs of frames into notes; an onset inside a run starts a new note.
+
+    An onset without a frame is ignored (the frame roll decides what sounds). Notes come
+    out sorted by start, then pitch.
+    """
+    frames = roll.frames.astype(bool)
+    onsets = roll.onsets.astype(bool) & frames
+    n_steps = frames.shape[0]
+    # A note starts where the pitch sounds and either did not sound one step before or
+    # carries an onset. It ends where the next start or the end of the run is.
+    previous = np.zeros_like(frames)
+    previous[1:] = frames[:-1]
+    starts = frames & (~previous | onsets)
+    notes: list[Note] = []
+    step_beats = 1.0 / roll.steps_per_beat
+    for column in np.flatnonzero(frames.any(axis=0)):
+        sounding = frames[:, column]
+        for start in np.flatnonzero(starts[:, column]):
+            end = start + 1
+            while end < n_steps and sounding[end] and not starts[end, column]:
+                end += 1
+            notes.append(
+                Note(
+                    pitch=int(column) + roll.lowest_pitch,
+                    start=start * step_beats,
+                    duration=(end - start) * step_beats,
+                    velocity=velocity,
+                )
+            )
+    notes.sort(key=lambda n: (n.start, n.pitch))
+    return notes
+
+
+def note_durations(roll: Roll) -> np.ndarray:
+    """Durations in steps of every note in the roll (as `roll_to_notes` decodes them)."""
+    return np.array(
+        [round(n.duration * roll.steps_per_beat) for n in roll_to_notes(roll)], dtype=int
+    )
+
+
+def transpose_notes(notes: Iterable[Note], semitones: int) -> list[Note]:
+    return [n._replace(pitch=n.pitch + semitones) for n in notes]

@@ -1,0 +1,135 @@
+"""The generator contract: what an exported model says about itself.
+
+An ONNX generator carries one JSON document under the metadata key `backline`. The runtime
+learns everything from it (tracks, programs, grid, pitch range, noise size) and nothing
+from code constants, so a newly trained model with other tracks needs no code change.
+
+Tensor layout (DESIGN §2):
+  inputs   melody  float32 [batch, bars, steps_per_bar, n_pitches]  0/1 frames
+           z       float32 [batch, z_dim]                           standard normal
+  outputs  accompaniment  float32 [batch, n_tracks, bars, steps_per_bar, n_pitches]
+           onsets         float32 [batch, n_tracks, bars, steps_per_bar, n_pitches]
+           (probabilities in [0, 1]; `onsets` is the chance a note starts at that step)
+
+`bars` and `steps_per_bar` describe the tensor's time axis in the model's own meter
+(`beats_per_bar`). A piece in another meter uses the same window of
+`bars * beats_per_bar` beats: the bach model's 12-beat window is 3 bars of 4/4 or 4 bars
+of 3/4, so windows of either meter start on a barline and hold whole bars.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+METADATA_KEY = "backline"
+
+
+class SpecError(ValueError):
+    """The model's metadata is missing or does not describe a usable generator."""
+
+
+@dataclass(frozen=True)
+class TrackSpec:
+    name: str
+    program: int  # General MIDI program, 0-based
+    channel: int  # MIDI channel, 0-based (drums are 9)
+    is_drum: bool = False
+    # Whether the model's training data had at most one note at a time on this track
+    # (a chorale voice). The runtime then keeps only the likeliest pitch at each step.
+    monophonic: bool = False
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    name: str
+    genre: str
+    description: str
+    melody: TrackSpec
+    tracks: tuple[TrackSpec, ...]
+    bars: int
+    beats_per_bar: int
+    steps_per_beat: int
+    lowest_pitch: int
+    n_pitches: int
+    z_dim: int
+    threshold: float = 0.5
+    onset_threshold: float = 0.5
+    # The model was trained on pieces transposed to C major / A minor: the runtime moves
+    # the melody there first and the accompaniment back after.
+    key_normalised: bool = False
+    # Lowest and highest melody pitch seen in training (after key normalisation).
+    melody_range: tuple[int, int] = (0, 127)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def steps_per_bar(self) -> int:
+        return self.beats_per_bar * self.steps_per_beat
+
+    @property
+    def window_steps(self) -> int:
+        return self.bars * self.steps_per_bar
+
+    @property
+    def window_beats(self) -> int:
+        return self.bars * self.beats_per_bar
+
+    @property
+    def highest_pitch(self) -> int:
+        return self.lowest_pitch + self.n_pitches - 1
+
+    @property
+    def n_tracks(self) -> int:
+        return len(self.tracks)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "GeneratorSpec":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"model metadata is not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise SpecError("model metadata is not a JSON object")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise SpecError(
+                f"model metadata has schema version {version!r}; this Backline reads "
+                f"version {SCHEMA_VERSION} (re-export the model with this version)"
+            )
+        try:
+            data["melody"] = TrackSpec(**data["melody"])
+            data["tracks"] = tuple(TrackSpec(**t) for t in data["tracks"])
+            data["melody_range"] = tuple(data["melody_range"])
+            spec = cls(**data)
+        except (KeyError, TypeError) as exc:
+            raise SpecError(f"model metadata is incomplete ({exc})") from None
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        problems = []
+        if not self.tracks:
+            problems.append("no accompaniment tracks")
+        for value, label in [
+            (self.bars, "bars"),
+            (self.beats_per_bar, "beats_per_bar"),
+            (self.steps_per_beat, "steps_per_beat"),
+            (self.n_pitches, "n_pitches"),
+            (self.z_dim, "z_dim"),
+        ]:
+            if not isinstance(value, int) or value <= 0:
+                problems.append(f"{label} must be a positive integer, not {value!r}")
+        if not 0 <= self.lowest_pitch <= 127 or self.lowest_pitch + self.n_pitches > 128:
+            problems.append("pitch range lies outside MIDI 0..127")
+        for track in (self.melody, *self.tracks):
+            if not 0 <= track.channel <= 15 or not 0 <= track.program <= 127:
+                problems.append(f"track {track.name!r} has a bad channel or program")
+        if problems:
+            raise SpecError("model metadata is invalid: " + "; ".join(problems))
