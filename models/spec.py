@@ -22,12 +22,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from .errors import BacklineError
 
 SCHEMA_VERSION = 1
 METADATA_KEY = "backline"
 
 
-class SpecError(ValueError):
+class SpecError(BacklineError, ValueError):
     """The model's metadata is missing or does not describe a usable generator."""
 
 

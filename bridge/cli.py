@@ -1,0 +1,166 @@
+"""The `backline` command line.
+
+Commands that need PyTorch (train, export, evaluate) import the training package only
+when run, so `accompany` and `models` work on an install without the `train` extra.
+Every expected failure prints one line, `backline: error: ...`, and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Sequence
+
+from backline.models.errors import BacklineError
+from backline.models.registry import DEFAULT_MODEL
+
+log = logging.getLogger("backline")
+
+
+def version() -> str:
+    try:
+        return metadata.version("backline")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def cmd_accompany(args: argparse.Namespace) -> int:
+    from backline.models import registry
+    from backline.models.accompaniment import accompany
+    from backline.models.midi import pick_melody_track, read_midi, write_midi
+
+    score = read_midi(args.melody)
+    melody = pick_melody_track(score, args.track)
+    generator = registry.load(args.model, device=args.device)
+    result = accompany(generator, melody.notes, seed=args.seed, threshold=args.threshold, sample=args.sample)
+    spec = generator.spec
+    melody_spec = spec.melody.__class__(melody.name, melody.program, spec.melody.channel)
+    write_midi(
+        args.output, (melody_spec, melody.notes), result.tracks,
+        tempo_bpm=score.tempo_bpm, time_signature=score.time_signature,
+        ticks_per_beat=score.ticks_per_beat, tempo_changes=score.tempo_changes,
+    )
+    counts = ", ".join(f"{t.name} {len(n)}" for t, n in result.tracks)
+    key = f"key {result.key.name}, " if result.key else ""
+    print(f"wrote {args.output}: melody '{melody.name}' ({len(melody.notes)} notes), {key}{counts} notes")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from backline.models.registry import list_models
+
+    entries = list_models()
+    if not entries:
+        print("no models installed")
+        return 1
+    for entry in entries:
+        if entry.spec is None:
+            print(f"{entry.path.stem:12s} BROKEN  {entry.error}")
+            continue
+        s = entry.spec
+        tracks = ", ".join(t.name for t in s.tracks)
+        print(f"{s.name:12s} {s.genre:8s} melody {s.melody.name} -> {tracks}; "
+              f"{s.window_beats} beats per window; {entry.path}")
+        if args.verbose:
+            print(f"    {s.description}")
+            for key, value in sorted(s.provenance.items()):
+                print(f"    {key}: {value}")
+            if entry.card:
+                print(f"    card: {entry.card}")
+    return 0
+
+
+def _training():
+    try:
+        from backline.training import commands
+    except ModuleNotFoundError as exc:
+        raise SystemExit(
+            f"backline: error: this command needs the training extra ({exc.name} is not "
+            "installed); run: pip install -e '.[train]'"
+        ) from None
+    return commands
+
+
+def add_train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a generator on the Bach chorales",
+                       description="Train the Bach generator with WGAN-GP (DeepComposer's knobs).")
+    p.add_argument("--out", default="runs/bach", help="run folder: checkpoint, logs, samples (default runs/bach)")
+    p.add_argument("--epochs", type=int, default=30, help="passes of the critic over the data (default 30)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--update-ratio", type=int, default=5,
+                   help="critic updates per generator update (default 5)")
+    p.add_argument("--batch-size", type=int, default=64, help="windows per batch (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--time-budget", type=str, default=None,
+                   help="stop after the epoch that passes this wall time, e.g. 900s, 15m, 1h")
+    p.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint.pt")
+    p.add_argument("--recon-weight", type=float, default=10.0,
+                   help="weight of the paired reconstruction loss; 0 = pure WGAN-GP (default 10)")
+    p.add_argument("--width", type=int, default=16, help="generator channels at full resolution (default 16)")
+    p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (default 1)")
+    p.add_argument("--rebuild-data", action="store_true", help="rebuild the cached chorale dataset")
+    p.add_argument("--max-pieces", type=int, default=None, help="use only this many training pieces (quick runs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="backline", description="Backline: an AI band for your DAW.")
+    parser.add_argument("--version", action="version", version=f"backline {version()}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("accompany", help="accompany a melody MIDI file",
+                       description="Write MELODY plus the model's accompaniment tracks to OUT.")
+    p.add_argument("melody", type=Path, help="melody .mid file")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output .mid file")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or .onnx path (default {DEFAULT_MODEL})")
+    p.add_argument("--seed", type=int, default=0, help="noise seed: same seed, same accompaniment (default 0)")
+    p.add_argument("--threshold", type=float, default=None, help="note threshold in (0, 1) (default: the model's)")
+    p.add_argument("--sample", action="store_true", help="sample notes (seeded) instead of thresholding")
+    p.add_argument("--track", default=None, help="name of the melody track in a multi-track file")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the model runs")
+    p.set_defaults(func=cmd_accompany)
+
+    p = sub.add_parser("models", help="list the installed models")
+    p.add_argument("-v", "--verbose", action="store_true", help="show provenance and cards")
+    p.set_defaults(func=cmd_models)
+
+    add_train_parser(sub)
+    sub.choices["train"].set_defaults(func=lambda a: _training().cmd_train(a))
+
+    p = sub.add_parser("export", help="export a checkpoint as an ONNX generator")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
+    p.add_argument("--name", default=None, help="model name (default: the file's stem)")
+    p.add_argument("--no-evaluate", action="store_true", help="skip measuring the metrics for the metadata")
+    p.set_defaults(func=lambda a: _training().cmd_export(a))
+
+    p = sub.add_parser("evaluate", help="metrics of a model's accompaniment vs the real chorales")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or .onnx path (default {DEFAULT_MODEL})")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=lambda a: _training().cmd_evaluate(a))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO,
+                        format="backline: %(message)s", stream=sys.stderr)
+    if getattr(args, "threshold", None) is not None and not 0.0 < args.threshold < 1.0:
+        print("backline: error: --threshold must lie between 0 and 1, e.g. 0.5", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except BacklineError as exc:
+        print(f"backline: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("backline: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

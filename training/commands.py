@@ -1,0 +1,107 @@
+"""`backline train`, `backline export` and `backline evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from backline.models.errors import BacklineError
+
+from .chorales import ChoraleDataset, dataset_summary, load_dataset
+from .evaluation import HEADLINE, accompany_and_score, format_table, score_windows
+from .networks import NetConfig
+from .train import TrainConfig, build_spec, train, window_modes
+
+log = logging.getLogger("backline.training")
+
+
+def parse_duration(text: str) -> float:
+    """'900', '900s', '15m', '1.5h' -> seconds."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", text)
+    if not match:
+        raise BacklineError(f"cannot read the duration {text!r}; write it like 900s, 15m or 1h")
+    value, unit = float(match.group(1)), match.group(2) or "s"
+    return value * {"s": 1, "m": 60, "h": 3600}[unit]
+
+
+def limit_pieces(data: ChoraleDataset, max_pieces: int | None) -> ChoraleDataset:
+    if max_pieces is None:
+        return data
+    return data.subset(data.piece_index < max_pieces)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    train_set, val_set = load_dataset(rebuild=args.rebuild_data, progress=not args.no_progress)
+    train_set = limit_pieces(train_set, args.max_pieces)
+    print(dataset_summary(train_set, val_set))
+    if len(train_set) < args.batch_size:
+        raise BacklineError(f"only {len(train_set)} training windows for a batch of {args.batch_size}; lower --batch-size")
+    config = TrainConfig(
+        out_dir=args.out, epochs=args.epochs, lr=args.lr, update_ratio=args.update_ratio,
+        batch_size=args.batch_size, seed=args.seed,
+        time_budget_s=parse_duration(args.time_budget) if args.time_budget else None,
+        recon_weight=args.recon_weight, checkpoint_every=args.checkpoint_every,
+        net=NetConfig(width=args.width, n_pitches=train_set.n_pitches),
+        command=shlex.join(["backline", *sys.argv[1:]]),
+    )
+    path = train(config, train_set, val_set, resume=args.resume, progress=not args.no_progress)
+    print(f"checkpoint: {path}\nexport it with: backline export {path} -o models/NAME.onnx")
+    return 0
+
+
+def validation_metrics(generate, spec, val_set: ChoraleDataset, seed: int = 0) -> dict[str, float]:
+    modes = window_modes(val_set)
+    return accompany_and_score(generate, spec, val_set.frames, val_set.onsets,
+                               val_set.steps_per_bar, modes, seed=seed)
+
+
+def onnx_generate_fn(runtime):
+    def generate(melody: np.ndarray, z: np.ndarray):
+        probs = runtime.run(melody, z)
+        return probs.frames, probs.onsets
+
+    return generate
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    evaluate = None
+    _, val_set = load_dataset(progress=True)
+    if not args.no_evaluate:
+        def evaluate(runtime):
+            real = score_windows(val_set.frames, val_set.onsets, val_set.steps_per_bar,
+                                 window_modes(val_set), runtime.spec)
+            model = validation_metrics(onnx_generate_fn(runtime), runtime.spec, val_set)
+            return {"validation": {k: model[k] for k in HEADLINE},
+                    "validation_real": {k: real[k] for k in HEADLINE},
+                    "validation_windows": len(val_set)}
+    spec, report = export(args.checkpoint, args.output, name=args.name,
+                          melodies=val_set.frames[:64, 0], evaluate=evaluate)
+    print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.1f} MB)\n{report}")
+    if spec.metrics:
+        print(format_table(spec.metrics["validation"], spec.metrics["validation_real"], HEADLINE))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from backline.models import registry
+
+    runtime = registry.load(args.model)
+    _, val_set = load_dataset(progress=True)
+    real = score_windows(val_set.frames, val_set.onsets, val_set.steps_per_bar,
+                         window_modes(val_set), runtime.spec)
+    model = validation_metrics(onnx_generate_fn(runtime), runtime.spec, val_set, seed=args.seed)
+    pieces = len(np.unique(val_set.piece_index))
+    print(f"model {runtime.spec.name} on {len(val_set)} validation windows from {pieces} chorales "
+          f"(seed {args.seed}); 'real' is the chorales' own alto, tenor and bass\n")
+    print(format_table(model, real, HEADLINE))
+    print("\nper track:")
+    print(format_table(model, real, [k for k in sorted(model) if "/" in k and k not in HEADLINE]))
+    return 0

@@ -1,0 +1,61 @@
+"""Which instruments a trained model plays, and the spec it exports with.
+
+The Bach chorales are sung, but a DAW user wants instruments: the four voices become a
+string quartet (violin, violin, viola, cello), one MIDI channel each.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from backline.models.spec import GeneratorSpec, TrackSpec
+
+from .networks import NetConfig
+
+BACH_MELODY = TrackSpec("Soprano", program=40, channel=0)  # Violin
+BACH_TRACKS = (
+    TrackSpec("Alto", program=40, channel=1),  # Violin
+    TrackSpec("Tenor", program=41, channel=2),  # Viola
+    TrackSpec("Bass", program=42, channel=3),  # Cello
+)
+BACH_BEATS_PER_BAR = 4  # the tensor's own meter: 12 beats = 3 bars of 4/4 (or 4 of 3/4)
+
+
+def bach_spec(
+    net: NetConfig,
+    *,
+    lowest_pitch: int,
+    monophonic: list[bool],
+    melody_range: tuple[int, int],
+    name: str = "bach",
+    threshold: float = 0.5,
+    provenance: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> GeneratorSpec:
+    tracks = tuple(
+        TrackSpec(t.name, t.program, t.channel, t.is_drum, bool(mono))
+        for t, mono in zip(BACH_TRACKS, monophonic)
+    )
+    steps_per_bar = BACH_BEATS_PER_BAR * net.steps_per_beat
+    return GeneratorSpec(
+        name=name,
+        genre="bach",
+        description=(
+            "Four-part chorale harmony after J. S. Bach: give it a soprano line, it adds "
+            "alto, tenor and bass (played as a string quartet)."
+        ),
+        melody=BACH_MELODY,
+        tracks=tracks,
+        bars=net.window_steps // steps_per_bar,
+        beats_per_bar=BACH_BEATS_PER_BAR,
+        steps_per_beat=net.steps_per_beat,
+        lowest_pitch=lowest_pitch,
+        n_pitches=net.n_pitches,
+        z_dim=net.z_dim,
+        threshold=threshold,
+        onset_threshold=0.5,
+        key_normalised=True,
+        melody_range=melody_range,
+        provenance=provenance or {},
+        metrics=metrics or {},
+    )

@@ -1,0 +1,141 @@
+"""The generator and the critic.
+
+Generator: DeepComposer's U-Net for Bach. The melody is a one-channel image (time x
+pitch); an encoder halves both axes four times, the noise joins at the bottleneck, and a
+decoder with skip connections paints the accompaniment at the melody's own resolution.
+Why U-Net rather than MuseGAN's hybrid generator: accompanying a given melody is an
+image-to-image task, and the skips carry the melody's exact timing and pitch to every
+decoder level, so harmony lines up with the melody note by note; MuseGAN's generators
+start from noise alone and learn to track a condition only through a side encoder.
+
+Two constant channels join the melody: the pitch height (so convolutions know register:
+a bass line is not a transposed alto) and the position within the beat (so onsets fall
+on beats). Both come from the grid, so the model needs no extra inputs.
+
+The generator outputs two maps per track: frame probability and onset probability.
+
+Critic: a plain strided CNN over melody + frames + onsets (no batch norm, as WGAN-GP
+needs per-sample gradients) ending in one unbounded score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+ARCHITECTURE = "unet-onset-v1"
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    n_tracks: int = 3
+    window_steps: int = 48
+    n_pitches: int = 64
+    steps_per_beat: int = 4
+    z_dim: int = 32
+    width: int = 16  # channels at full resolution; doubles at every level
+    levels: int = 4
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _grid_channels(config: NetConfig) -> torch.Tensor:
+    """[2, time, pitch]: pitch height in [-1, 1] and phase within the beat in [-1, 1]."""
+    pitch = torch.linspace(-1.0, 1.0, config.n_pitches).expand(config.window_steps, -1)
+    phase = (torch.arange(config.window_steps) % config.steps_per_beat).float()
+    phase = (phase / max(config.steps_per_beat - 1, 1)) * 2.0 - 1.0
+    phase = phase[:, None].expand(-1, config.n_pitches)
+    return torch.stack([pitch, phase])
+
+
+def _conv_block(c_in: int, c_out: int, norm: bool) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1)]
+    if norm:
+        layers.append(nn.BatchNorm2d(c_out))
+    layers.append(nn.LeakyReLU(0.2))
+    return nn.Sequential(*layers)
+
+
+class UNetGenerator(nn.Module):
+    def __init__(self, config: NetConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config.width
+        widths = [c * 2**i for i in range(config.levels)]
+        self.register_buffer("grid", _grid_channels(config), persistent=False)
+        self.stem = _conv_block(3, widths[0], norm=True)
+        self.down = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1),
+                nn.BatchNorm2d(widths[i + 1]),
+                nn.LeakyReLU(0.2),
+                _conv_block(widths[i + 1], widths[i + 1], norm=True),
+            )
+            for i in range(config.levels - 1)
+        )
+        bottom_t = config.window_steps >> (config.levels - 1)
+        bottom_p = config.n_pitches >> (config.levels - 1)
+        self.bottom_shape = (bottom_t, bottom_p)
+        self.z_map = nn.Linear(config.z_dim, widths[-1] * bottom_t * bottom_p)
+        self.merge = _conv_block(widths[-1] * 2, widths[-1], norm=True)
+        self.up = nn.ModuleList(
+            nn.ConvTranspose2d(widths[i + 1], widths[i], 4, stride=2, padding=1)
+            for i in reversed(range(config.levels - 1))
+        )
+        self.fuse = nn.ModuleList(
+            _conv_block(widths[i] * 2, widths[i], norm=True)
+            for i in reversed(range(config.levels - 1))
+        )
+        self.head = nn.Conv2d(widths[0], 2 * config.n_tracks, 1)
+
+    def logits(self, melody: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """melody [B, T, P] -> (frame logits, onset logits), each [B, K, T, P]."""
+        batch = melody.shape[0]
+        x = torch.cat([melody[:, None], self.grid.expand(batch, -1, -1, -1)], dim=1)
+        skips = [self.stem(x)]
+        for down in self.down:
+            skips.append(down(skips[-1]))
+        noise = self.z_map(z).view(batch, -1, *self.bottom_shape)
+        x = self.merge(torch.cat([skips.pop(), noise], dim=1))
+        for up, fuse in zip(self.up, self.fuse):
+            x = fuse(torch.cat([up(x), skips.pop()], dim=1))
+        out = self.head(x)
+        k = self.config.n_tracks
+        return out[:, :k], out[:, k:]
+
+    def forward(self, melody: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        frames, onsets = self.logits(melody, z)
+        return torch.sigmoid(frames), torch.sigmoid(onsets)
+
+
+class Critic(nn.Module):
+    """Scores (melody, frames, onsets) windows; higher means more like the real data."""
+
+    def __init__(self, config: NetConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config.width
+        self.register_buffer("grid", _grid_channels(config), persistent=False)
+        c_in = 1 + 2 * config.n_tracks + 2
+        layers: list[nn.Module] = [nn.Conv2d(c_in, c, 3, padding=1), nn.LeakyReLU(0.2)]
+        width = c
+        for _ in range(config.levels - 1):
+            layers += [nn.Conv2d(width, width * 2, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+            width *= 2
+        self.features = nn.Sequential(*layers)
+        # A bar-level view: the whole time axis at the bottom, so the critic judges
+        # harmonic rhythm and voice leading, not just local texture.
+        bottom = (config.window_steps >> (config.levels - 1)) * (config.n_pitches >> (config.levels - 1))
+        self.score = nn.Sequential(nn.Flatten(), nn.Linear(width * bottom, 1))
+
+    def forward(self, melody: torch.Tensor, frames: torch.Tensor, onsets: torch.Tensor) -> torch.Tensor:
+        batch = melody.shape[0]
+        x = torch.cat([melody[:, None], frames, onsets, self.grid.expand(batch, -1, -1, -1)], dim=1)
+        return self.score(self.features(x)).squeeze(1)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
