@@ -38,11 +38,17 @@ def cmd_accompany(args: argparse.Namespace) -> int:
     result = accompany(generator, melody.notes, seed=args.seed, threshold=args.threshold, sample=args.sample)
     spec = generator.spec
     melody_spec = spec.melody.__class__(melody.name, melody.program, spec.melody.channel)
-    write_midi(
-        args.output, (melody_spec, melody.notes), result.tracks,
-        tempo_bpm=score.tempo_bpm, time_signature=score.time_signature,
-        ticks_per_beat=score.ticks_per_beat, tempo_changes=score.tempo_changes,
-    )
+    try:
+        write_midi(
+            args.output, (melody_spec, melody.notes), result.tracks,
+            tempo_bpm=score.tempo_bpm, time_signature=score.time_signature,
+            ticks_per_beat=score.ticks_per_beat, tempo_changes=score.tempo_changes,
+        )
+    except OSError as exc:  # a missing folder, a folder as -o, a full disk: no traceback
+        raise BacklineError(
+            f"cannot write {args.output} ({exc.strerror or exc}); give -o the path of a .mid "
+            "file in a folder that exists and that you can write to"
+        ) from None
     counts = ", ".join(f"{t.name} {len(n)}" for t, n in result.tracks)
     key = f"key {result.key.name}, " if result.key else ""
     print(f"wrote {args.output}: melody '{melody.name}' ({len(melody.notes)} notes), {key}{counts} notes")
@@ -88,7 +94,10 @@ def add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a generator on the Bach chorales",
                        description="Train the Bach generator with WGAN-GP (DeepComposer's knobs).")
     p.add_argument("--out", default="runs/bach", help="run folder: checkpoint, logs, samples (default runs/bach)")
-    p.add_argument("--epochs", type=int, default=30, help="passes of the critic over the data (default 30)")
+    p.add_argument("--epochs", type=int, default=30,
+                   help="adversarial epochs: passes of the critic over the data (default 30)")
+    p.add_argument("--warmup-epochs", type=int, default=10,
+                   help="generator-only epochs on the paired loss first (default 10; 0 = none)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--update-ratio", type=int, default=5,
                    help="critic updates per generator update (default 5)")
@@ -99,7 +108,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint.pt")
     p.add_argument("--recon-weight", type=float, default=10.0,
                    help="weight of the paired reconstruction loss; 0 = pure WGAN-GP (default 10)")
-    p.add_argument("--width", type=int, default=16, help="generator channels at full resolution (default 16)")
+    p.add_argument("--widths", type=int, nargs="+", default=[8, 32, 64, 128], metavar="C",
+                   help="channels per resolution level, full resolution first (default 8 32 64 128)")
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (default 1)")
     p.add_argument("--rebuild-data", action="store_true", help="rebuild the cached chorale dataset")
     p.add_argument("--max-pieces", type=int, default=None, help="use only this many training pieces (quick runs)")

@@ -87,5 +87,8 @@ def accompany(
     tracks = []
     for k, track in enumerate(spec.tracks):
         track_roll = Roll(out_frames[k], out_onsets[k], spec.steps_per_beat, spec.lowest_pitch)
-        tracks.append((track, transpose_notes(roll_to_notes(track_roll, velocity), -shift)))
+        notes = transpose_notes(roll_to_notes(track_roll, velocity), -shift)
+        # Moved back from a large shift (a very low or high melody), a note can leave MIDI's
+        # 0..127; such a note cannot be written or played, so it is left out.
+        tracks.append((track, [n for n in notes if 0 <= n.pitch <= 127]))
     return Accompaniment(tracks, key, shift)

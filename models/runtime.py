@@ -69,6 +69,9 @@ def _open_session(model: bytes, providers: list[str]):
         ort.set_default_logger_severity(2)
 
 
+MONOPHONIC_TOP_K = 3
+
+
 @dataclass
 class Probabilities:
     """Generator output for a batch: `[batch, n_tracks, time, n_pitches]` each."""
@@ -164,9 +167,9 @@ def binarise(
     """Probabilities `[n_tracks, time, n_pitches]` -> boolean frames and onsets.
 
     By threshold (the model's default unless given), or by Bernoulli sampling seeded with
-    `sample_seed`. On a monophonic track the voice sounds where the summed probability over
-    pitches passes the test and plays its likeliest pitch; a new note starts where that
-    pitch changes or where the summed onset probability passes.
+    `sample_seed`. On a monophonic track the voice sounds where the summed probability of
+    its `MONOPHONIC_TOP_K` likeliest pitches passes the test, and plays the likeliest; a new
+    note starts where that pitch changes or where its onset probability passes.
     """
     threshold = spec.threshold if threshold is None else threshold
     rng = np.random.default_rng(sample_seed) if sample_seed is not None else None
@@ -181,11 +184,15 @@ def binarise(
     for k, track in enumerate(spec.tracks):
         p, q = frames[k], onsets[k]
         if track.monophonic:
-            sounding = decide(np.clip(p.sum(axis=1), 0.0, 1.0), threshold)
+            # The voice sounds where its likeliest few pitches together pass: a model unsure
+            # between two neighbouring notes still plays one, while the faint mass spread
+            # over every other pitch cannot add up to a note.
+            top = np.sort(p, axis=1)[:, -MONOPHONIC_TOP_K:].sum(axis=1)
+            sounding = decide(np.clip(top, 0.0, 1.0), threshold)
             pitch = p.argmax(axis=1)
             steps = np.flatnonzero(sounding)
             out_frames[k, steps, pitch[steps]] = True
-            starts = decide(np.clip(q.sum(axis=1), 0.0, 1.0), spec.onset_threshold)
+            starts = decide(q[np.arange(q.shape[0]), pitch], spec.onset_threshold)
             changed = np.ones_like(sounding)
             changed[1:] = (pitch[1:] != pitch[:-1]) | ~sounding[:-1]
             onset_steps = np.flatnonzero(sounding & (starts | changed))

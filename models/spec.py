@@ -127,10 +127,18 @@ class GeneratorSpec:
         ]:
             if not isinstance(value, int) or value <= 0:
                 problems.append(f"{label} must be a positive integer, not {value!r}")
-        if not 0 <= self.lowest_pitch <= 127 or self.lowest_pitch + self.n_pitches > 128:
+        # Type checks first: hand-edited metadata ("36", null) must not raise a TypeError.
+        if not isinstance(self.lowest_pitch, int):
+            problems.append(f"lowest_pitch must be an integer, not {self.lowest_pitch!r}")
+        elif isinstance(self.n_pitches, int) and (
+            not 0 <= self.lowest_pitch <= 127 or self.lowest_pitch + self.n_pitches > 128
+        ):
             problems.append("pitch range lies outside MIDI 0..127")
         for track in (self.melody, *self.tracks):
-            if not 0 <= track.channel <= 15 or not 0 <= track.program <= 127:
+            if (
+                not isinstance(track.channel, int) or not isinstance(track.program, int)
+                or not 0 <= track.channel <= 15 or not 0 <= track.program <= 127
+            ):
                 problems.append(f"track {track.name!r} has a bad channel or program")
         if problems:
             raise SpecError("model metadata is invalid: " + "; ".join(problems))

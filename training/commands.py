@@ -43,11 +43,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if len(train_set) < args.batch_size:
         raise BacklineError(f"only {len(train_set)} training windows for a batch of {args.batch_size}; lower --batch-size")
     config = TrainConfig(
-        out_dir=args.out, epochs=args.epochs, lr=args.lr, update_ratio=args.update_ratio,
+        out_dir=args.out, epochs=args.epochs, warmup_epochs=args.warmup_epochs, lr=args.lr, update_ratio=args.update_ratio,
         batch_size=args.batch_size, seed=args.seed,
         time_budget_s=parse_duration(args.time_budget) if args.time_budget else None,
         recon_weight=args.recon_weight, checkpoint_every=args.checkpoint_every,
-        net=NetConfig(width=args.width, n_pitches=train_set.n_pitches),
+        net=NetConfig(widths=tuple(args.widths), n_pitches=train_set.n_pitches),
         command=shlex.join(["backline", *sys.argv[1:]]),
     )
     path = train(config, train_set, val_set, resume=args.resume, progress=not args.no_progress)

@@ -80,7 +80,7 @@ class ParityReport:
 def spec_from_checkpoint(state: dict[str, Any], name: str, metrics: dict[str, Any] | None = None) -> GeneratorSpec:
     config = state["train_config"]
     data = state["data"]
-    net = NetConfig(**state["net_config"])
+    net = NetConfig.from_dict(state["net_config"])
     return bach_spec(
         net,
         lowest_pitch=data["lowest_pitch"],
@@ -109,7 +109,7 @@ def spec_from_checkpoint(state: dict[str, Any], name: str, metrics: dict[str, An
 
 
 def load_generator(state: dict[str, Any]) -> UNetGenerator:
-    generator = UNetGenerator(NetConfig(**state["net_config"]))
+    generator = UNetGenerator(NetConfig.from_dict(state["net_config"]))
     try:
         generator.load_state_dict(state["generator"])
     except RuntimeError as exc:

@@ -35,11 +35,22 @@ class NetConfig:
     n_pitches: int = 64
     steps_per_beat: int = 4
     z_dim: int = 32
-    width: int = 16  # channels at full resolution; doubles at every level
-    levels: int = 4
+    # Channels at each resolution, full first; each further level halves time and pitch.
+    # Full resolution is kept narrow: it is where the compute goes (48 x 64 positions).
+    widths: tuple[int, ...] = (8, 32, 64, 128)
+
+    @property
+    def levels(self) -> int:
+        return len(self.widths)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "NetConfig":
+        data = dict(data)
+        data["widths"] = tuple(data["widths"])
+        return cls(**data)
 
 
 def _grid_channels(config: NetConfig) -> torch.Tensor:
@@ -63,8 +74,7 @@ class UNetGenerator(nn.Module):
     def __init__(self, config: NetConfig) -> None:
         super().__init__()
         self.config = config
-        c = config.width
-        widths = [c * 2**i for i in range(config.levels)]
+        widths = config.widths
         self.register_buffer("grid", _grid_channels(config), persistent=False)
         self.stem = _conv_block(3, widths[0], norm=True)
         self.down = nn.ModuleList(
@@ -90,6 +100,11 @@ class UNetGenerator(nn.Module):
             for i in reversed(range(config.levels - 1))
         )
         self.head = nn.Conv2d(widths[0], 2 * config.n_tracks, 1)
+        # Start from the data's sparsity (about 1 cell in 50 sounds, 1 in 200 starts a note)
+        # instead of 0.5 everywhere, which would spend the first epochs unlearning noise.
+        with torch.no_grad():
+            self.head.bias[: config.n_tracks].fill_(-4.0)
+            self.head.bias[config.n_tracks :].fill_(-5.0)
 
     def logits(self, melody: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """melody [B, T, P] -> (frame logits, onset logits), each [B, K, T, P]."""
@@ -117,14 +132,13 @@ class Critic(nn.Module):
     def __init__(self, config: NetConfig) -> None:
         super().__init__()
         self.config = config
-        c = config.width
+        widths = config.widths
         self.register_buffer("grid", _grid_channels(config), persistent=False)
         c_in = 1 + 2 * config.n_tracks + 2
-        layers: list[nn.Module] = [nn.Conv2d(c_in, c, 3, padding=1), nn.LeakyReLU(0.2)]
-        width = c
-        for _ in range(config.levels - 1):
-            layers += [nn.Conv2d(width, width * 2, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
-            width *= 2
+        layers: list[nn.Module] = [nn.Conv2d(c_in, widths[0], 3, padding=1), nn.LeakyReLU(0.2)]
+        for i in range(config.levels - 1):
+            layers += [nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        width = widths[-1]
         self.features = nn.Sequential(*layers)
         # A bar-level view: the whole time axis at the bottom, so the critic judges
         # harmonic rhythm and voice leading, not just local texture.
