@@ -49,10 +49,39 @@ def cmd_accompany(args: argparse.Namespace) -> int:
             f"cannot write {args.output} ({exc.strerror or exc}); give -o the path of a .mid "
             "file in a folder that exists and that you can write to"
         ) from None
+    if args.png:
+        write_png(args.png, melody.name, melody.notes, result.tracks, spec, score.time_signature)
     counts = ", ".join(f"{t.name} {len(n)}" for t, n in result.tracks)
     key = f"key {result.key.name}, " if result.key else ""
     print(f"wrote {args.output}: melody '{melody.name}' ({len(melody.notes)} notes), {key}{counts} notes")
     return 0
+
+
+def write_png(path: Path, melody_name: str, melody_notes, tracks, spec, time_signature) -> None:
+    """A piano roll of the melody and its accompaniment (needs matplotlib)."""
+    try:
+        from backline.training.plots import save_roll_png
+    except ModuleNotFoundError as exc:
+        raise BacklineError(
+            f"--png needs matplotlib ({exc.name} is not installed); run: pip install matplotlib"
+        ) from None
+    import math
+
+    import numpy as np
+
+    from backline.models.notes import notes_to_roll
+
+    everything = [melody_notes, *(notes for _, notes in tracks)]
+    n_steps = math.ceil(max(n.end for notes in everything for n in notes) * spec.steps_per_beat)
+    low = min(n.pitch for notes in everything for n in notes)
+    frames = np.stack([
+        notes_to_roll(notes, n_steps, spec.steps_per_beat, low, 128 - low).frames for notes in everything
+    ])
+    numerator, denominator = time_signature
+    steps_per_bar = max(1, round(numerator * 4 / denominator * spec.steps_per_beat))
+    names = [melody_name, *(t.name for t, _ in tracks)]
+    save_roll_png(path, [(f"{melody_name} with model {spec.name}", frames, steps_per_bar)],
+                  names, low, spec.steps_per_beat)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -132,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", action="store_true", help="sample notes (seeded) instead of thresholding")
     p.add_argument("--track", default=None, help="name of the melody track in a multi-track file")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the model runs")
+    p.add_argument("--png", type=Path, default=None, help="also draw the result as a piano roll PNG")
     p.set_defaults(func=cmd_accompany)
 
     p = sub.add_parser("models", help="list the installed models")
@@ -146,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
     p.add_argument("--name", default=None, help="model name (default: the file's stem)")
     p.add_argument("--no-evaluate", action="store_true", help="skip measuring the metrics for the metadata")
+    p.add_argument("--onset-threshold", type=float, default=None,
+                   help="onset threshold to ship (default: calibrated to the training data's note density)")
     p.set_defaults(func=lambda a: _training().cmd_export(a))
 
     p = sub.add_parser("evaluate", help="metrics of a model's accompaniment vs the real chorales")

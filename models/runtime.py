@@ -167,9 +167,8 @@ def binarise(
     """Probabilities `[n_tracks, time, n_pitches]` -> boolean frames and onsets.
 
     By threshold (the model's default unless given), or by Bernoulli sampling seeded with
-    `sample_seed`. On a monophonic track the voice sounds where the summed probability of
-    its `MONOPHONIC_TOP_K` likeliest pitches passes the test, and plays the likeliest; a new
-    note starts where that pitch changes or where its onset probability passes.
+    `sample_seed`. A polyphonic track keeps every cell that passes. A monophonic track is
+    read note by note (`_monophonic_notes`).
     """
     threshold = spec.threshold if threshold is None else threshold
     rng = np.random.default_rng(sample_seed) if sample_seed is not None else None
@@ -184,20 +183,39 @@ def binarise(
     for k, track in enumerate(spec.tracks):
         p, q = frames[k], onsets[k]
         if track.monophonic:
-            # The voice sounds where its likeliest few pitches together pass: a model unsure
-            # between two neighbouring notes still plays one, while the faint mass spread
-            # over every other pitch cannot add up to a note.
-            top = np.sort(p, axis=1)[:, -MONOPHONIC_TOP_K:].sum(axis=1)
-            sounding = decide(np.clip(top, 0.0, 1.0), threshold)
-            pitch = p.argmax(axis=1)
-            steps = np.flatnonzero(sounding)
-            out_frames[k, steps, pitch[steps]] = True
-            starts = decide(q[np.arange(q.shape[0]), pitch], spec.onset_threshold)
-            changed = np.ones_like(sounding)
-            changed[1:] = (pitch[1:] != pitch[:-1]) | ~sounding[:-1]
-            onset_steps = np.flatnonzero(sounding & (starts | changed))
-            out_onsets[k, onset_steps, pitch[onset_steps]] = True
+            _monophonic_notes(p, q, out_frames[k], out_onsets[k], decide, threshold,
+                              spec.onset_threshold, rng)
         else:
             out_frames[k] = decide(p, threshold)
             out_onsets[k] = out_frames[k] & decide(q, spec.onset_threshold)
     return out_frames, out_onsets
+
+
+def _monophonic_notes(p, q, out_frames, out_onsets, decide, threshold, onset_threshold, rng) -> None:
+    """Read one voice as a sequence of notes, writing into out_frames/out_onsets `[T, P]`.
+
+    The voice sounds where its `MONOPHONIC_TOP_K` likeliest pitches together pass the test:
+    a model unsure between two neighbouring notes still plays one, while the faint mass
+    spread over every other pitch cannot add up to a note. A note starts where the voice
+    starts sounding or where an onset passes (the likeliest pitch's onset); it lasts until
+    the next start, and its pitch is the one most probable over its whole length (sampled
+    from those probabilities when sampling). Choosing the pitch per note, not per step, is
+    what keeps a wavering model from breaking a quarter note into flickering fragments.
+    """
+    top = np.sort(p, axis=1)[:, -MONOPHONIC_TOP_K:].sum(axis=1)
+    sounding = decide(np.clip(top, 0.0, 1.0), threshold)
+    onset_here = decide(q.max(axis=1), onset_threshold)
+    previous = np.concatenate([[False], sounding[:-1]])
+    starts = np.flatnonzero(sounding & (~previous | onset_here))
+    for i, start in enumerate(starts):
+        end = start + 1
+        limit = starts[i + 1] if i + 1 < len(starts) else len(sounding)
+        while end < limit and sounding[end]:
+            end += 1
+        weight = p[start:end].sum(axis=0)
+        if rng is None:
+            pitch = int(weight.argmax())
+        else:
+            pitch = int(rng.choice(len(weight), p=weight / weight.sum()))
+        out_frames[start:end, pitch] = True
+        out_onsets[start, pitch] = True

@@ -131,3 +131,24 @@ def test_accompany_uses_no_torch(tiny_model, chorale_soprano, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "ok without torch" in result.stdout
     assert read_midi(tmp_path / "o.mid").tracks[0].name == "Soprano"
+
+
+def test_shipped_bach_model_accompanies_a_chorale_soprano(chorale_soprano, tmp_path):
+    """The default model, as a user gets it: four voices, each busy and in range."""
+    out, png = tmp_path / "bach.mid", tmp_path / "bach.png"
+    result = run_backline("accompany", chorale_soprano, "-o", out, "--png", png)
+    assert result.returncode == 0, result.stderr
+    score = read_midi(out)
+    assert [t.name for t in score.tracks] == ["Soprano", "Alto", "Tenor", "Bass"]
+    melody = score.tracks[0].notes
+    beats = score.length_beats
+    for voice, (low, high) in zip(score.tracks[1:], [(50, 80), (42, 74), (30, 67)]):
+        notes = voice.notes
+        # A chorale voice moves about once a beat; a silent or frantic voice fails here.
+        assert beats / 3 < len(notes) < beats * 2, (voice.name, len(notes), beats)
+        assert all(low <= n.pitch <= high for n in notes), voice.name
+        assert overlapping_same_pitch(notes) == []
+    # The voices keep their order: on average alto over tenor over bass, all under the melody.
+    means = [np.mean([n.pitch for n in t.notes]) for t in score.tracks]
+    assert means[0] > means[1] > means[2] > means[3]
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"

@@ -84,24 +84,27 @@ def test_polyphonic_track_keeps_every_cell_over_the_threshold():
     assert cells(out_o[0]) == {(0, 3), (0, 7), (0, 12)}
 
 
-def test_monophonic_track_plays_the_likeliest_pitch_where_the_sum_passes():
+def test_monophonic_track_reads_notes_between_onsets():
     spec = fixed_spec(monophonic=True)
     assert spec.tracks[0].monophonic and not spec.tracks[2].monophonic
-    frames, onsets = empty(7)
+    frames, onsets = empty(9)
     p = frames[0]
     q = onsets[0]
-    p[0, [10, 11]] = [0.3, 0.4]  # sum 0.7 passes, no single cell does: pitch 11 sounds
-    p[1, 11] = 0.6  # same pitch, no onset: the note goes on
+    p[0, [10, 11]] = [0.3, 0.4]  # sum 0.7 passes, no single cell does: the voice starts
+    p[1, 11] = 0.6  # no onset: the same note goes on
     p[2, 11] = 0.6
-    q[2, 11] = 0.6  # a confident onset on the same pitch: it is struck again
-    p[3, [14, 11]] = [0.6, 0.1]  # the pitch changes: a new note, without any onset
-    p[4, [14, 15]] = [0.2, 0.1]  # sum 0.3: silence
-    q[4, 14] = 0.9  # an onset where nothing sounds is dropped
-    p[5, 14] = 0.6  # sounding again after silence: a new note
-    p[6, [2, 40]] = [0.26, 0.25]  # sum 0.51: one pitch, the likelier
+    q[2, 11] = 0.6  # a confident onset: a new note starts
+    p[3, [14, 11]] = [0.6, 0.1]  # the likeliest pitch flickers for one step, no onset
+    p[4, 11] = 0.7  # ... so the note from step 2 holds pitch 11 (1.4 + 0.1 beats 0.6)
+    p[5, [14, 15]] = [0.2, 0.1]  # sum 0.3: silence
+    q[5, 14] = 0.9  # an onset where nothing sounds is dropped
+    p[6, 14] = 0.6  # sounding again after silence: a new note
+    p[7, [2, 40]] = [0.26, 0.25]  # sum 0.51, onset: one pitch, the likelier over its length
+    q[7, 40] = 0.8
+    p[8, 40] = 0.9  # ... which is 40 (0.25 + 0.9 beats 0.26)
     out_f, out_o = binarise(frames, onsets, spec)
-    assert cells(out_f[0]) == {(0, 11), (1, 11), (2, 11), (3, 14), (5, 14), (6, 2)}
-    assert cells(out_o[0]) == {(0, 11), (2, 11), (3, 14), (5, 14), (6, 2)}
+    assert cells(out_f[0]) == {(0, 11), (1, 11), (2, 11), (3, 11), (4, 11), (6, 14), (7, 40), (8, 40)}
+    assert cells(out_o[0]) == {(0, 11), (2, 11), (6, 14), (7, 40)}
     # At most one pitch at each step, and onsets only where it sounds.
     assert out_f[0].sum(axis=1).max() == 1
     assert not (out_o & ~out_f).any()
@@ -115,7 +118,9 @@ def test_monophonic_sum_under_the_threshold_is_silent_and_the_threshold_argument
     out_f, _ = binarise(frames, onsets, spec)
     assert cells(out_f[0]) == {(1, 6)}
     out_f, _ = binarise(frames, onsets, spec, threshold=0.4)
-    assert cells(out_f[0]) == {(0, 5), (1, 6)}  # argmax of a tie is the lowest pitch
+    # Both steps sound now, with no onset between them: one note, whose pitch is the
+    # likeliest over both steps (pitch 6: 0.15 + 0.3 against 0.35 for 5 and 7).
+    assert cells(out_f[0]) == {(0, 6), (1, 6)}
 
 
 def test_monophonic_and_polyphonic_tracks_decode_differently():
@@ -142,6 +147,7 @@ def test_sample_mode_is_seeded(monophonic):
         onsets[:2] = 0.0
         line = np.arange(steps) % N_PITCHES
         frames[:2, np.arange(steps), line] = 0.5
+        onsets[:2, np.arange(steps), line] = 1.0  # every step a new note, one pitch each
     a = binarise(frames, onsets, spec, sample_seed=7)
     b = binarise(frames, onsets, spec, sample_seed=7)
     c = binarise(frames, onsets, spec, sample_seed=8)

@@ -41,6 +41,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from backline.models.keys import Key, normalising_shift
 from backline.models.notes import Note, notes_to_roll
 
 # ---------------------------------------------------------------------------------------
@@ -223,8 +224,7 @@ def _corpus_paths() -> dict[str, Path]:
 
 def key_shift(tonic_pitch_class: int, mode: str) -> int:
     """Semitones in -6..+5 that move the tonic to C (major) or A (minor)."""
-    target = TARGET_TONIC[mode]
-    return (target - int(tonic_pitch_class) + 6) % 12 - 6
+    return normalising_shift(Key(int(tonic_pitch_class), mode))
 
 
 def _meter(score) -> int:

@@ -14,9 +14,9 @@ import numpy as np
 from backline.models.errors import BacklineError
 
 from .chorales import ChoraleDataset, dataset_summary, load_dataset
-from .evaluation import HEADLINE, accompany_and_score, format_table, score_windows
+from .evaluation import HEADLINE, accompany_and_score, calibrate_onset_threshold, format_table, score_windows
 from .networks import NetConfig
-from .train import TrainConfig, build_spec, train, window_modes
+from .train import TrainConfig, fixed_subset, train, window_modes
 
 log = logging.getLogger("backline.training")
 
@@ -73,7 +73,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import export
 
     evaluate = None
-    _, val_set = load_dataset(progress=True)
+    train_set, val_set = load_dataset(progress=True)
+    calibration = train_set.subset(fixed_subset(len(train_set), 512))
+
+    def calibrate(runtime):
+        if args.onset_threshold is not None:
+            return {"onset_threshold": args.onset_threshold}
+        chosen = calibrate_onset_threshold(onnx_generate_fn(runtime), runtime.spec,
+                                           calibration.frames, calibration.onsets)
+        print(f"onset threshold {chosen} (matches the note density of {len(calibration)} training windows)")
+        return {"onset_threshold": chosen}
+
     if not args.no_evaluate:
         def evaluate(runtime):
             real = score_windows(val_set.frames, val_set.onsets, val_set.steps_per_bar,
@@ -83,7 +93,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                     "validation_real": {k: real[k] for k in HEADLINE},
                     "validation_windows": len(val_set)}
     spec, report = export(args.checkpoint, args.output, name=args.name,
-                          melodies=val_set.frames[:64, 0], evaluate=evaluate)
+                          melodies=val_set.frames[:64, 0], calibrate=calibrate, evaluate=evaluate)
     print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.1f} MB)\n{report}")
     if spec.metrics:
         print(format_table(spec.metrics["validation"], spec.metrics["validation_real"], HEADLINE))

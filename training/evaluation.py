@@ -7,11 +7,13 @@ decoding the bridge uses, so the numbers describe what a user will hear.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
 
 from backline.models.keys import Key
+from backline.models.notes import Roll, roll_to_notes
 from backline.models.runtime import binarise
 from backline.models.spec import GeneratorSpec
 
@@ -145,3 +147,31 @@ def format_table(generated: dict[str, float], real: dict[str, float], metrics: l
         met = meets_target(metric, g, r)
         rows.append(f"| {metric} | {g:.3f} | {r:.3f} | {target} | {'' if met is None else ('yes' if met else 'NO')} |")
     return "\n".join(rows)
+
+
+def count_notes(frames: np.ndarray, onsets: np.ndarray, steps_per_beat: int, lowest_pitch: int) -> int:
+    """Notes in rolls `[..., T, P]`, as `roll_to_notes` reads them."""
+    flat_f = frames.reshape(-1, *frames.shape[-2:])
+    flat_o = onsets.reshape(-1, *onsets.shape[-2:])
+    return sum(len(roll_to_notes(Roll(f, o, steps_per_beat, lowest_pitch))) for f, o in zip(flat_f, flat_o))
+
+
+ONSET_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6)
+
+
+def calibrate_onset_threshold(generate: GenerateFn, spec: GeneratorSpec, frames: np.ndarray,
+                              onsets: np.ndarray, *, seed: int = 0) -> float:
+    """The onset threshold at which the model plays as many notes as the real accompaniment
+    of the same melodies (`[N, 1 + K, T, P]`, pass training windows, never validation).
+
+    The onset threshold sets how readily a held pitch is struck again, so it sets the note
+    density; matching the data's density is a calibration, not a fit to the metrics."""
+    real = count_notes(frames[:, 1:], onsets[:, 1:], spec.steps_per_beat, spec.lowest_pitch)
+    best, best_gap = spec.onset_threshold, None
+    for candidate in ONSET_THRESHOLDS:
+        trial = replace(spec, onset_threshold=candidate)
+        gen_f, gen_o = generate_windows(generate, trial, frames[:, 0], seed=seed)
+        gap = abs(count_notes(gen_f, gen_o, spec.steps_per_beat, spec.lowest_pitch) - real)
+        if best_gap is None or gap < best_gap:
+            best, best_gap = candidate, gap
+    return best

@@ -171,9 +171,11 @@ def check_parity(wrapper: ContractWrapper, runtime: Generator, melodies: np.ndar
 
 def export(checkpoint: Path, out: Path, *, name: str | None = None,
            melodies: np.ndarray | None = None,
+           calibrate: Callable[[Generator], dict[str, Any]] | None = None,
            evaluate: Callable[[Generator], dict[str, Any]] | None = None) -> tuple[GeneratorSpec, ParityReport]:
-    """Write `out` from `checkpoint`; `melodies` `[N, T, P]` are the parity inputs, and
-    `evaluate` (if given) measures the exported model; its figures go into the metadata."""
+    """Write `out` from `checkpoint`; `melodies` `[N, T, P]` are the parity inputs.
+    `calibrate` (if given) returns spec fields to set from the exported model (decoding
+    thresholds); `evaluate` then measures it, and its figures go into the metadata."""
     state = load_checkpoint(checkpoint)
     name = name or out.stem
     state.setdefault("machine", f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores")
@@ -192,8 +194,11 @@ def export(checkpoint: Path, out: Path, *, name: str | None = None,
         report = check_parity(wrapper, runtime, melodies)
         if not report.ok():
             raise ExportError(f"exported model disagrees with PyTorch: {report}")
+        if calibrate is not None:
+            spec = runtime.spec = replace(spec, **calibrate(runtime))
         if evaluate is not None:
-            spec = replace(spec, metrics=evaluate(runtime))
+            spec = runtime.spec = replace(spec, metrics=evaluate(runtime))
+        if calibrate is not None or evaluate is not None:
             write_metadata(tmp, spec)
         tmp.chmod(0o644)  # mkstemp makes it private; a model is for every user
         os.replace(tmp, out)

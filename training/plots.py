@@ -45,11 +45,13 @@ def draw_roll(ax, frames: np.ndarray, names: Sequence[str], lowest_pitch: int,
 
 
 def save_roll_png(path: Path, panels: list[tuple[str, np.ndarray, int]], names: Sequence[str],
-                  spec: GeneratorSpec) -> None:
-    """panels: (title, frames [K, T, P], steps_per_bar)."""
-    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.6 * len(panels)), squeeze=False)
+                  lowest_pitch: int, steps_per_beat: int) -> None:
+    """panels: (title, frames [K, T, P], steps_per_bar); column 0 is `lowest_pitch`."""
+    longest = max(frames.shape[1] for _, frames, _ in panels)
+    width = min(24.0, max(10.0, longest / 24))  # long pieces get a wider picture
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, 2.6 * len(panels)), squeeze=False)
     for ax, (title, frames, steps_per_bar) in zip(axes[:, 0], panels):
-        draw_roll(ax, frames, names, spec.lowest_pitch, spec.steps_per_beat, steps_per_bar, title)
+        draw_roll(ax, frames, names, lowest_pitch, steps_per_beat, steps_per_bar, title)
     axes[0, 0].legend(loc="upper right", fontsize=7, ncol=len(names), markerscale=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,7 +75,7 @@ def write_sample(generator, spec: GeneratorSpec, val_set: "ChoraleDataset", stem
         panels.append((f"validation window {i}: real chorale", real[j], spb))
         panels.append((f"validation window {i}: generated (seed {seed})",
                        np.concatenate([real[j, :1], gen_f[j]]), spb))
-    save_roll_png(stem.with_suffix(".png"), panels, names, spec)
+    save_roll_png(stem.with_suffix(".png"), panels, names, spec.lowest_pitch, spec.steps_per_beat)
 
     window_beats = spec.window_steps / spec.steps_per_beat
     melody_notes, track_notes = [], [[] for _ in spec.tracks]

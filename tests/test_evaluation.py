@@ -1,0 +1,71 @@
+"""The evaluation pipeline: calibration of the onset threshold, targets, and `backline evaluate`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from backline.training.evaluation import calibrate_onset_threshold, count_notes, meets_target
+
+from .conftest import run_backline
+from .fake_models import fixed_spec
+
+T, P = 32, 48
+
+
+def held_pitch_generator(onset_probability: float):
+    """Every track holds pitch column 10 throughout, with this onset probability at each step."""
+    def generate(melody, z):
+        n = melody.shape[0]
+        frames = np.zeros((n, 3, T, P), dtype=np.float32)
+        frames[:, :, :, 10] = 0.9
+        onsets = np.zeros_like(frames)
+        onsets[:, :, :, 10] = onset_probability
+        return frames, onsets
+    return generate
+
+
+def real_windows(notes_per_track: int, n: int = 4):
+    frames = np.zeros((n, 4, T, P), dtype=bool)
+    onsets = np.zeros_like(frames)
+    frames[:, :, :, 10] = True
+    onsets[:, :, :: T // notes_per_track, 10] = True
+    return frames, onsets
+
+
+def test_count_notes_reads_onsets():
+    frames, onsets = real_windows(notes_per_track=4, n=2)
+    assert count_notes(frames, onsets, 4, 36) == 2 * 4 * 4
+
+
+def test_calibration_matches_the_real_note_density():
+    spec = fixed_spec(monophonic=True)
+    generate = held_pitch_generator(0.35)
+    # Thresholds <= 0.35 strike the pitch every step (32 notes a track), higher ones hold
+    # one note a window. Real data with one note per track asks for a threshold above 0.35,
+    # real data struck every step for one at or below it.
+    assert calibrate_onset_threshold(generate, spec, *real_windows(1)) == 0.4
+    assert calibrate_onset_threshold(generate, spec, *real_windows(32)) == 0.2
+
+
+def test_targets():
+    assert meets_target("QN", 0.94, 0.98) is True
+    assert meets_target("QN", 0.92, 0.98) is False
+    assert meets_target("in_scale/accompaniment", 0.88, 0.97) is True
+    assert meets_target("in_scale/accompaniment", 0.87, 0.97) is False
+    assert meets_target("TD/melody", 0.98, 0.90) is True
+    assert meets_target("TD/melody", 0.995, 0.90) is False
+    assert meets_target("UPC", 3.0, 3.3) is None  # no target
+    assert meets_target("QN", float("nan"), 0.98) is None
+
+
+def test_evaluate_command_prints_the_table(tiny_model):
+    result = run_backline("evaluate", "--model", tiny_model)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "validation windows" in out
+    for metric in ("| QN |", "| EB |", "| PR/accompaniment |", "| in_scale/accompaniment |", "| TD/melody |"):
+        assert metric in out
+    # The real chorales' own values appear beside the model's.
+    qn_row = next(line for line in out.splitlines() if line.startswith("| QN |"))
+    real_qn = float(qn_row.split("|")[3])
+    assert 0.9 < real_qn <= 1.0
