@@ -123,8 +123,8 @@ def add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a generator on the Bach chorales",
                        description="Train the Bach generator with WGAN-GP (DeepComposer's knobs).")
     p.add_argument("--out", default="runs/bach", help="run folder: checkpoint, logs, samples (default runs/bach)")
-    p.add_argument("--epochs", type=int, default=30,
-                   help="adversarial epochs: passes of the critic over the data (default 30)")
+    p.add_argument("--epochs", type=int, default=20,
+                   help="adversarial epochs: passes of the critic over the data (default 20)")
     p.add_argument("--warmup-epochs", type=int, default=10,
                    help="generator-only epochs on the paired loss first (default 10; 0 = none)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +16,7 @@ import mido
 
 from .notes import Note
 from .spec import TrackSpec
+from .atomic import atomic_write
 from .errors import BacklineError
 
 DRUM_CHANNEL = 9
@@ -302,29 +301,8 @@ def write_midi(
     moved into place, so a failure leaves any existing file untouched.
     """
     data = midi_bytes(melody, tracks, tempo_bpm, time_signature, ticks_per_beat, tempo_changes)
-    target = Path(path)
-    directory = target.parent
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp makes the file 0600; give it the mode a plain open() would have.
-        if target.exists():
-            mode = stat.S_IMODE(target.stat().st_mode)
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, target)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_write(path) as handle:
+        handle.write(data)
 
 
 def _build_midi(

@@ -38,7 +38,7 @@ def tiny_config(out_dir: Path, **overrides):
     from backline.training.networks import NetConfig
     from backline.training.train import TrainConfig
 
-    values = dict(out_dir=str(out_dir), epochs=1, batch_size=16, update_ratio=2, seed=3,
+    values = dict(out_dir=str(out_dir), epochs=1, warmup_epochs=0, batch_size=16, update_ratio=2, seed=3,
                   eval_windows=16, net=NetConfig(widths=(4, 4, 8, 8), z_dim=8))
     values.update(overrides)
     return TrainConfig(**values)

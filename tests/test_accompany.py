@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import mido
 import numpy as np
 import pytest
 
@@ -140,7 +139,7 @@ def test_shipped_bach_model_accompanies_a_chorale_soprano(chorale_soprano, tmp_p
     assert result.returncode == 0, result.stderr
     score = read_midi(out)
     assert [t.name for t in score.tracks] == ["Soprano", "Alto", "Tenor", "Bass"]
-    melody = score.tracks[0].notes
+    score.tracks[0].notes
     beats = score.length_beats
     for voice, (low, high) in zip(score.tracks[1:], [(50, 80), (42, 74), (30, 67)]):
         notes = voice.notes

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -41,6 +40,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from backline.models.atomic import atomic_write
 from backline.models.keys import Key, normalising_shift
 from backline.models.notes import Note, notes_to_roll
 
@@ -543,18 +543,8 @@ def save_pieces(path: Path, pieces: Sequence[PieceRolls], info: dict | None = No
         shift=np.asarray([p.shift for p in pieces], dtype=np.int64),
         meta=np.asarray(json.dumps(meta)),
     )
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is not secret
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_write(path) as handle:
+        np.savez_compressed(handle, **arrays)
 
 
 def load_pieces_file(path: Path) -> tuple[list[PieceRolls], dict]:

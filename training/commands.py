@@ -7,7 +7,6 @@ import logging
 import re
 import shlex
 import sys
-from pathlib import Path
 
 import numpy as np
 

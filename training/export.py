@@ -8,8 +8,6 @@ replaces a working model.
 from __future__ import annotations
 
 import logging
-import os
-import platform
 import tempfile
 import warnings
 from dataclasses import dataclass, replace
@@ -26,6 +24,7 @@ from backline.models.spec import METADATA_KEY, GeneratorSpec
 from .checkpoint import load_checkpoint
 from .layout import bach_spec
 from .networks import NetConfig, UNetGenerator
+from backline.models.atomic import atomic_write
 from backline.models.errors import BacklineError
 
 log = logging.getLogger("backline.training")
@@ -120,7 +119,6 @@ def load_generator(state: dict[str, Any]) -> UNetGenerator:
 
 
 def _to_onnx(wrapper: ContractWrapper, spec: GeneratorSpec, path: Path) -> None:
-    import onnx
 
     melody = torch.zeros(2, spec.bars, spec.steps_per_bar, spec.n_pitches)
     z = torch.zeros(2, spec.z_dim)
@@ -178,17 +176,14 @@ def export(checkpoint: Path, out: Path, *, name: str | None = None,
     thresholds); `evaluate` then measures it, and its figures go into the metadata."""
     state = load_checkpoint(checkpoint)
     name = name or out.stem
-    state.setdefault("machine", f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores")
     spec = spec_from_checkpoint(state, name)
     wrapper = ContractWrapper(load_generator(state), spec).eval()
     if melodies is None:
         rng = np.random.default_rng(0)
         melodies = (rng.random((16, spec.window_steps, spec.n_pitches)) < 0.02).astype(np.float32)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with tempfile.TemporaryDirectory(prefix="backline-export-") as work:
+        tmp = Path(work) / out.name
         _to_onnx(wrapper, spec, tmp)
         runtime = Generator(tmp, device="cpu")
         report = check_parity(wrapper, runtime, melodies)
@@ -200,8 +195,6 @@ def export(checkpoint: Path, out: Path, *, name: str | None = None,
             spec = runtime.spec = replace(spec, metrics=evaluate(runtime))
         if calibrate is not None or evaluate is not None:
             write_metadata(tmp, spec)
-        tmp.chmod(0o644)  # mkstemp makes it private; a model is for every user
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+        with atomic_write(out) as handle:
+            handle.write(tmp.read_bytes())
     return spec, report

@@ -21,9 +21,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import platform
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +48,8 @@ log = logging.getLogger("backline.training")
 @dataclass
 class TrainConfig:
     out_dir: str = "runs/bach"
-    epochs: int = 30  # adversarial epochs
-    warmup_epochs: int = 0  # generator-only epochs on the paired loss, before those
+    epochs: int = 20  # adversarial epochs
+    warmup_epochs: int = 10  # generator-only epochs on the paired loss, before those
     lr: float = 1e-3
     betas: tuple[float, float] = (0.5, 0.9)
     update_ratio: int = 5
@@ -83,6 +85,10 @@ def git_commit() -> str:
         ).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def machine_description() -> str:
+    return f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def gradient_penalty(critic: Critic, melody, real_f, real_o, fake_f, fake_o) -> torch.Tensor:
@@ -319,6 +325,7 @@ def train(
                     "reference_metrics": {"train": real_train, "validation": real_val},
                 },
                 "commit": git_commit(),
+                "machine": machine_description(),
             }
             save_checkpoint(state, ckpt_path)
             write_sample(generator, spec, val_set, out / "samples" / f"epoch-{epoch + 1:03d}", seed=config.seed)
