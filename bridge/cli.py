@@ -65,23 +65,12 @@ def write_png(path: Path, melody_name: str, melody_notes, tracks, spec, time_sig
         raise BacklineError(
             f"--png needs matplotlib ({exc.name} is not installed); run: pip install matplotlib"
         ) from None
-    import math
-
-    import numpy as np
-
-    from backline.models.notes import notes_to_roll
-
     everything = [melody_notes, *(notes for _, notes in tracks)]
-    n_steps = math.ceil(max(n.end for notes in everything for n in notes) * spec.steps_per_beat)
-    low = min(n.pitch for notes in everything for n in notes)
-    frames = np.stack([
-        notes_to_roll(notes, n_steps, spec.steps_per_beat, low, 128 - low).frames for notes in everything
-    ])
+    length = max(n.end for notes in everything for n in notes)
     numerator, denominator = time_signature
-    steps_per_bar = max(1, round(numerator * 4 / denominator * spec.steps_per_beat))
     names = [melody_name, *(t.name for t, _ in tracks)]
-    save_roll_png(path, [(f"{melody_name} with model {spec.name}", frames, steps_per_bar)],
-                  names, low, spec.steps_per_beat)
+    title = f"{melody_name} with model {spec.name}"
+    save_roll_png(path, [(title, everything, length, numerator * 4 / denominator)], names)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -176,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
     p.add_argument("--name", default=None, help="model name (default: the file's stem)")
     p.add_argument("--no-evaluate", action="store_true", help="skip measuring the metrics for the metadata")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="note threshold to ship (default: calibrated to how much the training data's voices sound)")
     p.add_argument("--onset-threshold", type=float, default=None,
                    help="onset threshold to ship (default: calibrated to the training data's note density)")
     p.set_defaults(func=lambda a: _training().cmd_export(a))
@@ -184,6 +175,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or .onnx path (default {DEFAULT_MODEL})")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=lambda a: _training().cmd_evaluate(a))
+
+    p = sub.add_parser("serve", help="run the bridge: accompany clips sent over OSC",
+                       description="Run Backline as a resident process that accompanies clips sent over OSC "
+                                   "(docs/PROTOCOL.md). Stops on Ctrl-C or SIGTERM.")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or .onnx path (default {DEFAULT_MODEL})")
+    p.add_argument("--osc-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--osc-port", type=int, default=11010, help="UDP port (default 11010)")
+    p.add_argument("--midi-api", choices=["alsa", "jack", "coremidi", "none"], default="none",
+                   help="virtual MIDI ports through this API (not available yet; default none)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the model runs")
+    p.set_defaults(func=lambda a: __import__("backline.bridge.serve", fromlist=["x"]).cmd_serve(a))
+
+    p = sub.add_parser("send", help="accompany a melody file through a running `backline serve`",
+                       description="Send MELODY to a running bridge over OSC; write melody + accompaniment to OUT.")
+    p.add_argument("melody", type=Path, help="melody .mid file")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output .mid file")
+    p.add_argument("--host", default="127.0.0.1", help="the bridge's address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=11010, help="the bridge's UDP port (default 11010)")
+    p.add_argument("--model", default=None, help="model name (default: the bridge's)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--track", default=None, help="name of the melody track in a multi-track file")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the accompaniment (default 10)")
+    p.set_defaults(func=lambda a: __import__("backline.bridge.send", fromlist=["x"]).cmd_send(a))
     return parser
 
 

@@ -84,11 +84,14 @@ def accompany(
     out_frames, out_onsets = binarise(
         frames, onsets, spec, threshold=threshold, sample_seed=seed if sample else None
     )
+    # The band comes in with the melody: nothing starts before its first note (a pickup
+    # or a count-in of rests would otherwise get an accompaniment of its own).
+    first = min(n.start for n in notes)
     tracks = []
     for k, track in enumerate(spec.tracks):
         track_roll = Roll(out_frames[k], out_onsets[k], spec.steps_per_beat, spec.lowest_pitch)
-        notes = transpose_notes(roll_to_notes(track_roll, velocity), -shift)
+        played = transpose_notes(roll_to_notes(track_roll, velocity), -shift)
         # Moved back from a large shift (a very low or high melody), a note can leave MIDI's
         # 0..127; such a note cannot be written or played, so it is left out.
-        tracks.append((track, [n for n in notes if 0 <= n.pitch <= 127]))
+        tracks.append((track, [n for n in played if 0 <= n.pitch <= 127 and n.start >= first - 1e-9]))
     return Accompaniment(tracks, key, shift)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backline.training.evaluation import calibrate_onset_threshold, count_notes, meets_target
+from backline.training.evaluation import calibrate_decoding, count_notes, meets_target
 
 from .conftest import run_backline
 from .fake_models import fixed_spec
@@ -12,12 +12,14 @@ from .fake_models import fixed_spec
 T, P = 32, 48
 
 
-def held_pitch_generator(onset_probability: float):
-    """Every track holds pitch column 10 throughout, with this onset probability at each step."""
+def held_pitch_generator(onset_probability: float, late_frame_probability: float = 0.9):
+    """Every track holds pitch column 10 throughout, with this onset probability at each
+    step; from step 16 on, the pitch sounds with `late_frame_probability`."""
     def generate(melody, z):
         n = melody.shape[0]
         frames = np.zeros((n, 3, T, P), dtype=np.float32)
-        frames[:, :, :, 10] = 0.9
+        frames[:, :, :16, 10] = 0.9
+        frames[:, :, 16:, 10] = late_frame_probability
         onsets = np.zeros_like(frames)
         onsets[:, :, :, 10] = onset_probability
         return frames, onsets
@@ -43,8 +45,21 @@ def test_calibration_matches_the_real_note_density():
     # Thresholds <= 0.35 strike the pitch every step (32 notes a track), higher ones hold
     # one note a window. Real data with one note per track asks for a threshold above 0.35,
     # real data struck every step for one at or below it.
-    assert calibrate_onset_threshold(generate, spec, *real_windows(1)) == 0.4
-    assert calibrate_onset_threshold(generate, spec, *real_windows(32)) == 0.2
+    assert calibrate_decoding(generate, spec, *real_windows(1))["onset_threshold"] == 0.4
+    assert calibrate_decoding(generate, spec, *real_windows(32))["onset_threshold"] == 0.2
+
+
+def test_calibration_matches_how_much_the_voices_sound():
+    spec = fixed_spec(monophonic=True)
+    generate = held_pitch_generator(0.0, late_frame_probability=0.28)
+    # The second half sounds only at note thresholds up to 0.25. Real voices that sound
+    # all the time ask for the lowest candidate; voices silent in the second half for the
+    # first candidate above 0.28.
+    frames, onsets = real_windows(1)
+    assert calibrate_decoding(generate, spec, frames, onsets)["threshold"] == 0.2
+    frames[:, :, 16:] = False
+    onsets[:, :, 16:] = False
+    assert calibrate_decoding(generate, spec, frames, onsets)["threshold"] == 0.3
 
 
 def test_targets():

@@ -167,3 +167,28 @@ def test_the_onnx_model_computes_what_the_checkpoint_computes(tiny_checkpoint, g
     probs = generator.run(melodies, z)
     np.testing.assert_allclose(frames.numpy().reshape(probs.frames.shape), probs.frames, atol=1e-4)
     np.testing.assert_allclose(onsets.numpy().reshape(probs.onsets.shape), probs.onsets, atol=1e-4)
+
+
+def test_model_card_is_written_from_the_metadata(tmp_path):
+    from dataclasses import replace
+
+    from backline.training.card import write_card
+
+    from .fake_models import fixed_spec
+
+    spec = replace(
+        fixed_spec("cardtest"),
+        provenance={"command": "backline train --out runs/x --seed 7", "seed": 7, "epochs": 30,
+                    "wall_time_s": 1325.0, "machine": "x86_64 Linux, 2 cores", "commit": "abc1234",
+                    "learning_rate": 0.001, "update_ratio": 5},
+        metrics={"validation": {"QN": 0.96, "EB": 0.0}, "validation_real": {"QN": 0.98, "EB": 0.0},
+                 "validation_windows": 411},
+    )
+    path = tmp_path / "cardtest.md"
+    write_card(spec, path, "parity ok")
+    text = path.read_text()
+    assert "`backline train --out runs/x --seed 7`" in text
+    assert "- seed: 7" in text
+    assert "22 min 5 s on x86_64 Linux, 2 cores" in text
+    assert "| QN | 0.960 | 0.980 | within 5 points | yes |" in text
+    assert "| Held | 32 | 2 |" in text  # channels are shown 1-based, as a DAW shows them

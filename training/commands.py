@@ -12,8 +12,9 @@ import numpy as np
 
 from backline.models.errors import BacklineError
 
+from .card import write_card
 from .chorales import ChoraleDataset, dataset_summary, load_dataset
-from .evaluation import HEADLINE, accompany_and_score, calibrate_onset_threshold, format_table, score_windows
+from .evaluation import HEADLINE, accompany_and_score, calibrate_decoding, format_table, score_windows
 from .networks import NetConfig
 from .train import TrainConfig, fixed_subset, train, window_modes
 
@@ -76,12 +77,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     calibration = train_set.subset(fixed_subset(len(train_set), 512))
 
     def calibrate(runtime):
-        if args.onset_threshold is not None:
-            return {"onset_threshold": args.onset_threshold}
-        chosen = calibrate_onset_threshold(onnx_generate_fn(runtime), runtime.spec,
-                                           calibration.frames, calibration.onsets)
-        print(f"onset threshold {chosen} (matches the note density of {len(calibration)} training windows)")
-        return {"onset_threshold": chosen}
+        chosen = calibrate_decoding(onnx_generate_fn(runtime), runtime.spec,
+                                    calibration.frames, calibration.onsets)
+        print(f"thresholds {chosen} (match how much and how often the voices of "
+              f"{len(calibration)} training windows play)")
+        for key in ("threshold", "onset_threshold"):
+            if getattr(args, key) is not None:
+                chosen[key] = getattr(args, key)
+        return chosen
 
     if not args.no_evaluate:
         def evaluate(runtime):
@@ -94,6 +97,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     spec, report = export(args.checkpoint, args.output, name=args.name,
                           melodies=val_set.frames[:64, 0], calibrate=calibrate, evaluate=evaluate)
     print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.1f} MB)\n{report}")
+    card = args.output.with_suffix(".md")
+    write_card(spec, card, str(report))
+    print(f"wrote the model card {card}")
     if spec.metrics:
         print(format_table(spec.metrics["validation"], spec.metrics["validation_real"], HEADLINE))
     return 0

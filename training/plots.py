@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from backline.models.midi import write_midi  # noqa: E402
-from backline.models.notes import Roll, roll_to_notes  # noqa: E402
+from backline.models.notes import Note, Roll, roll_to_notes  # noqa: E402
 from backline.models.spec import GeneratorSpec  # noqa: E402
 
 if TYPE_CHECKING:
@@ -22,37 +22,41 @@ TRACK_COLOURS = ["#1f1f1f", "#d62728", "#2ca02c", "#1f77b4", "#9467bd", "#ff7f0e
 SAMPLE_WINDOWS = (0, 1)  # which validation windows every checkpoint draws, always the same
 
 
-def draw_roll(ax, frames: np.ndarray, names: Sequence[str], lowest_pitch: int,
-              steps_per_beat: int, steps_per_bar: int, title: str) -> None:
-    """frames `[K, T, P]`: each track in its own colour on one time x pitch plane."""
-    n_steps, n_pitches = frames.shape[1], frames.shape[2]
-    for k in range(frames.shape[0]):
-        t, p = np.nonzero(frames[k])
-        ax.scatter(t + 0.5, p + lowest_pitch, marker="s", s=9, linewidths=0,
-                   color=TRACK_COLOURS[k % len(TRACK_COLOURS)], label=names[k])
-    for bar in range(0, n_steps + 1, steps_per_bar):
-        ax.axvline(bar, color="#999999", linewidth=0.8)
-    for beat in range(0, n_steps + 1, steps_per_beat):
-        ax.axvline(beat, color="#dddddd", linewidth=0.4, zorder=0)
-    used = np.flatnonzero(frames.any(axis=(0, 1)))
-    low = (used.min() if used.size else 0) + lowest_pitch - 2
-    high = (used.max() if used.size else n_pitches) + lowest_pitch + 2
-    ax.set_ylim(low, high)
-    ax.set_xlim(0, n_steps)
+def draw_notes(ax, tracks: Sequence[Sequence[Note]], names: Sequence[str], length_beats: float,
+               beats_per_bar: float, title: str) -> None:
+    """Each track's notes as bars in its own colour on one time x pitch plane; a small gap
+    at each note's end keeps repeated notes visible as separate notes."""
+    pitches = [n.pitch for notes in tracks for n in notes]
+    for k, notes in enumerate(tracks):
+        colour = TRACK_COLOURS[k % len(TRACK_COLOURS)]
+        for n in notes:
+            ax.broken_barh([(n.start, max(n.duration - 0.08, 0.04))], (n.pitch - 0.4, 0.8),
+                           facecolors=colour)
+        ax.plot([], [], color=colour, linewidth=5, label=names[k])  # legend entry
+    bar = 0.0
+    while bar <= length_beats + 1e-9:
+        ax.axvline(bar, color="#999999", linewidth=0.8, zorder=0)
+        bar += beats_per_bar
+    for beat in range(int(length_beats) + 1):
+        ax.axvline(beat, color="#e5e5e5", linewidth=0.4, zorder=0)
+    ax.set_ylim(min(pitches, default=48) - 2, max(pitches, default=84) + 2)
+    ax.set_xlim(0, length_beats)
     ax.set_title(title, fontsize=9)
-    ax.set_xlabel("step")
+    ax.set_xlabel("beat")
     ax.set_ylabel("MIDI pitch")
 
 
-def save_roll_png(path: Path, panels: list[tuple[str, np.ndarray, int]], names: Sequence[str],
-                  lowest_pitch: int, steps_per_beat: int) -> None:
-    """panels: (title, frames [K, T, P], steps_per_bar); column 0 is `lowest_pitch`."""
-    longest = max(frames.shape[1] for _, frames, _ in panels)
-    width = min(24.0, max(10.0, longest / 24))  # long pieces get a wider picture
+Panel = tuple[str, Sequence[Sequence[Note]], float, float]  # title, tracks, beats, beats/bar
+
+
+def save_roll_png(path: Path, panels: Sequence[Panel], names: Sequence[str]) -> None:
+    """One piano roll per panel, stacked."""
+    longest = max(beats for _, _, beats, _ in panels)
+    width = min(24.0, max(10.0, longest / 6))  # long pieces get a wider picture
     fig, axes = plt.subplots(len(panels), 1, figsize=(width, 2.6 * len(panels)), squeeze=False)
-    for ax, (title, frames, steps_per_bar) in zip(axes[:, 0], panels):
-        draw_roll(ax, frames, names, lowest_pitch, steps_per_beat, steps_per_bar, title)
-    axes[0, 0].legend(loc="upper right", fontsize=7, ncol=len(names), markerscale=2)
+    for ax, (title, tracks, beats, beats_per_bar) in zip(axes[:, 0], panels):
+        draw_notes(ax, tracks, names, beats, beats_per_bar, title)
+    axes[0, 0].legend(loc="upper right", fontsize=7, ncol=len(names))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -69,23 +73,28 @@ def write_sample(generator, spec: GeneratorSpec, val_set: "ChoraleDataset", stem
     real = val_set.frames[idx]
     gen_f, gen_o = generate_windows(torch_generate_fn(generator), spec, real[:, 0], seed=seed)
     names = [spec.melody.name, *(t.name for t in spec.tracks)]
-    panels = []
-    for j, i in enumerate(idx):
-        spb = int(val_set.steps_per_bar[i])
-        panels.append((f"validation window {i}: real chorale", real[j], spb))
-        panels.append((f"validation window {i}: generated (seed {seed})",
-                       np.concatenate([real[j, :1], gen_f[j]]), spb))
-    save_roll_png(stem.with_suffix(".png"), panels, names, spec.lowest_pitch, spec.steps_per_beat)
-
     window_beats = spec.window_steps / spec.steps_per_beat
+
+    def notes(frames: np.ndarray, onsets: np.ndarray) -> list[Note]:
+        return roll_to_notes(Roll(frames, onsets, spec.steps_per_beat, spec.lowest_pitch))
+
+    panels: list[Panel] = []
     melody_notes, track_notes = [], [[] for _ in spec.tracks]
     for j, i in enumerate(idx):
+        beats_per_bar = val_set.steps_per_bar[i] / spec.steps_per_beat
+        melody = notes(real[j, 0], val_set.onsets[i, 0])
+        panels.append((f"validation window {i}: real chorale",
+                       [notes(real[j, k], val_set.onsets[i, k]) for k in range(real.shape[1])],
+                       window_beats, beats_per_bar))
+        generated = [notes(gen_f[j, k], gen_o[j, k]) for k in range(spec.n_tracks)]
+        panels.append((f"validation window {i}: generated (seed {seed})", [melody, *generated],
+                       window_beats, beats_per_bar))
+        # The MIDI file plays the generated windows one after another.
         offset = j * window_beats
-        roll = Roll(real[j, 0], val_set.onsets[i, 0], spec.steps_per_beat, spec.lowest_pitch)
-        melody_notes += [n._replace(start=n.start + offset) for n in roll_to_notes(roll)]
-        for k in range(spec.n_tracks):
-            roll = Roll(gen_f[j, k], gen_o[j, k], spec.steps_per_beat, spec.lowest_pitch)
-            track_notes[k] += [n._replace(start=n.start + offset) for n in roll_to_notes(roll)]
+        melody_notes += [n._replace(start=n.start + offset) for n in melody]
+        for k, track in enumerate(generated):
+            track_notes[k] += [n._replace(start=n.start + offset) for n in track]
+    save_roll_png(stem.with_suffix(".png"), panels, names)
     write_midi(stem.with_suffix(".mid"), (spec.melody, melody_notes),
                list(zip(spec.tracks, track_notes)))
 

@@ -1,0 +1,101 @@
+"""The models and the generation worker.
+
+Generation runs on one worker thread fed by a bounded queue, so the network thread only
+parses and queues: a slow clip never stops the server from receiving (or answering ping).
+One worker is enough: ONNX Runtime already uses several cores per run, and it keeps clips
+from one client in order. Models are loaded once, by name, and kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Callable
+
+from backline.models import registry
+from backline.models.errors import BacklineError
+from backline.models.notes import Note
+from backline.models.runtime import Generator
+
+log = logging.getLogger("backline.bridge")
+
+Job = Callable[[], None]
+MAX_QUEUED = 64
+MAX_MODELS = 8
+
+
+class Engine:
+    def __init__(self, default_model: str, device: str = "auto") -> None:
+        self.device = device
+        generator = registry.load(default_model, device=device)
+        warm_up(generator)
+        self.default = generator.spec.name
+        # Under both the name it was asked by (maybe a path) and its own name.
+        self._models: dict[str, Generator] = {default_model: generator, self.default: generator}
+        self._pinned = set(self._models)  # never evicted
+        self._jobs: queue.Queue[Job | None] = queue.Queue(MAX_QUEUED)
+        self._thread = threading.Thread(target=self._work, name="backline-generate", daemon=True)
+        self._thread.start()
+
+    @property
+    def provider(self) -> str:
+        return self._models[self.default].provider
+
+    def loaded(self, name: str | None) -> Generator | None:
+        """The model if it is loaded already (safe from any thread)."""
+        return self._models.get(name or self.default)
+
+    def check_name(self, name: str) -> None:
+        """ModelLoadError unless a model of this name is installed (no loading)."""
+        if name not in self._models:
+            registry.resolve(name)
+
+    def generator(self, name: str | None) -> Generator:
+        """The model, loaded and warmed on first use. Worker thread only."""
+        name = name or self.default
+        generator = self._models.get(name)
+        if generator is None:
+            generator = registry.load(name, device=self.device)
+            warm_up(generator)
+            evictable = [k for k in self._models if k not in self._pinned]
+            if len(evictable) >= MAX_MODELS:
+                del self._models[evictable[0]]  # the oldest loaded
+            self._models[name] = generator
+        return generator
+
+    def submit(self, job: Job) -> bool:
+        """Queue a job; False when the queue is full (the caller answers 'busy')."""
+        try:
+            self._jobs.put_nowait(job)
+            return True
+        except queue.Full:
+            return False
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Finish the running job, drop the queued ones, stop the worker."""
+        while True:
+            try:
+                self._jobs.get_nowait()
+            except queue.Empty:
+                break
+        self._jobs.put(None)
+        self._thread.join(timeout)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job()
+            except Exception as exc:  # jobs report their own errors; this is the last guard
+                log.error("generation worker: unexpected %s: %s", type(exc).__name__, exc)
+
+
+def warm_up(generator: Generator) -> None:
+    """One dummy generation, so the first real clip does not pay for ONNX Runtime's setup."""
+    from backline.models.accompaniment import accompany
+
+    low, high = generator.spec.melody_range
+    try:
+        accompany(generator, [Note((low + high) // 2, 0.0, 1.0)], seed=0)
+    except BacklineError as exc:  # a model whose metadata rejects the probe still serves
+        log.info("warm-up of %s skipped: %s", generator.spec.name, exc)

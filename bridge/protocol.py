@@ -1,0 +1,287 @@
+"""The OSC clip protocol: addresses, argument validation and reply building.
+
+Pure functions only (no sockets, no state), shared by the server and `backline send`.
+docs/PROTOCOL.md is the reference for every address, argument and error code.
+
+Notes travel as AbletonOSC 5-tuples `pitch:i start:f duration:f velocity:i mute:i`
+(times in beats from the clip start), so Live's `/live/clip/get/notes` can be passed on
+as it is. Velocity may also come as a float and mute as OSC True/False, because that is
+what Live's own note API hands out.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Iterable, Sequence
+
+from pythonosc.osc_message import OscMessage
+from pythonosc.osc_message_builder import OscMessageBuilder
+
+from backline.models.notes import Note
+
+# Incoming.
+PING = "/backline/ping"
+SET = "/backline/set"
+REPLY_TO = "/backline/reply_to"
+CLIP_BEGIN = "/backline/clip/begin"
+CLIP_NOTES = "/backline/clip/notes"
+CLIP_END = "/backline/clip/end"
+CLIP_CANCEL = "/backline/clip/cancel"
+CLIP_MIDI = "/backline/clip/midi"
+# Outgoing.
+PONG = "/backline/pong"
+ACCOMP_BEGIN = "/backline/accomp/begin"
+ACCOMP_TRACK = "/backline/accomp/track"
+ACCOMP_NOTES = "/backline/accomp/notes"
+ACCOMP_END = "/backline/accomp/end"
+ERROR = "/backline/error"
+# The server never answers these: a reply sent to another Backline server (reply_to
+# pointing at one) must not start an endless exchange of errors.
+OUTGOING = frozenset({PONG, ACCOMP_BEGIN, ACCOMP_TRACK, ACCOMP_NOTES, ACCOMP_END, ERROR})
+
+MAX_NOTES_PER_MESSAGE = 200  # keeps a message near 5 KiB: under python-osc's 8 KiB buffers
+MAX_START_BEATS = 100_000.0
+MAX_DURATION_BEATS = 10_000.0
+MAX_ID_LENGTH = 256
+SETTING_KEYS = ("model", "seed", "threshold", "tempo", "sample")
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+class ProtocolError(Exception):
+    """A message the server cannot act on; answered with /backline/error id code message."""
+
+    def __init__(self, code: str, message: str, clip_id: str | int = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.clip_id = clip_id
+
+
+def version() -> str:
+    try:
+        return metadata.version("backline")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # OSC T/F arrive as bool
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def parse_id(address: str, args: Sequence[Any]) -> str | int:
+    """The clip or ping id: the first argument, a string or an int, echoed back as given."""
+    if not args:
+        raise ProtocolError("bad_args", f"{address} needs an id (string or int) as its first argument")
+    clip_id = args[0]
+    if isinstance(clip_id, str):
+        if len(clip_id) > MAX_ID_LENGTH:
+            raise ProtocolError("bad_args", f"{address}: the id is longer than {MAX_ID_LENGTH} characters")
+        return clip_id
+    if _is_int(clip_id):
+        return clip_id
+    raise ProtocolError("bad_args", f"{address}: the id must be a string or an int, not {_kind(clip_id)}")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (bytes, bytearray)):
+        return "a blob"
+    return {int: "an int", float: "a float", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def expect_count(address: str, args: Sequence[Any], low: int, high: int, usage: str, clip_id: str | int = "") -> None:
+    if not low <= len(args) <= high:
+        raise ProtocolError("bad_args", f"{address} takes {usage}; got {len(args)} arguments", clip_id)
+
+
+def parse_note(values: Sequence[Any], index: int = 0) -> Note:
+    """One 5-tuple -> Note; ProtocolError('bad_note') naming the note and the problem."""
+    pitch, start, duration, velocity, mute = values
+    where = f"note {index + 1} (pitch {pitch!r}, start {start!r})"
+    if not _is_int(pitch) or not 0 <= pitch <= 127:
+        raise ProtocolError("bad_note", f"{where}: pitch must be an int 0..127")
+    if not _is_number(start) or not 0 <= start < MAX_START_BEATS:
+        raise ProtocolError("bad_note", f"{where}: start must be a number of beats >= 0 and < {MAX_START_BEATS:g}")
+    if not _is_number(duration) or not 0 < duration <= MAX_DURATION_BEATS:
+        raise ProtocolError("bad_note", f"{where}: duration must be a number of beats > 0 and <= {MAX_DURATION_BEATS:g}")
+    if not _is_number(velocity) or not 1 <= velocity <= 127:
+        raise ProtocolError("bad_note", f"{where}: velocity must be 1..127")
+    if isinstance(mute, bool):
+        mute = int(mute)
+    if not _is_int(mute) or mute not in (0, 1):
+        raise ProtocolError("bad_note", f"{where}: mute must be 0 or 1")
+    return Note(pitch, float(start), float(duration), int(round(velocity)), bool(mute))
+
+
+def parse_notes(address: str, args: Sequence[Any]) -> tuple[str | int, list[Note]]:
+    """`id (pitch start duration velocity mute)*` -> (id, notes)."""
+    clip_id = parse_id(address, args)
+    values = args[1:]
+    if len(values) % 5:
+        raise ProtocolError(
+            "bad_args", f"{address}: notes come as 5-tuples (pitch start duration velocity mute); "
+            f"got {len(values)} values after the id, not a multiple of 5", clip_id,
+        )
+    try:
+        notes = [parse_note(values[i:i + 5], i // 5) for i in range(0, len(values), 5)]
+    except ProtocolError as exc:
+        exc.clip_id = clip_id
+        raise
+    return clip_id, notes
+
+
+@dataclass(frozen=True)
+class Begin:
+    clip_id: str | int
+    length_beats: float
+    model: str | None = None  # None: the client's setting
+    seed: int | None = None
+    tempo: float | None = None
+
+
+def parse_begin(address: str, args: Sequence[Any]) -> Begin:
+    """`id length_beats [model seed tempo]`."""
+    clip_id = parse_id(address, args)
+    expect_count(address, args, 2, 5, "id length_beats [model seed tempo]", clip_id)
+    length = args[1]
+    if not _is_number(length) or not 0 < length <= MAX_START_BEATS:
+        raise ProtocolError("bad_args", f"{address}: length_beats must be a number > 0 and <= {MAX_START_BEATS:g}", clip_id)
+    extra = {}
+    for key, value in zip(("model", "seed", "tempo"), args[2:]):
+        try:
+            extra[key] = parse_setting(key, value)
+        except ProtocolError as exc:
+            raise ProtocolError(exc.code, f"{address}: {exc.message}", clip_id) from None
+    return Begin(clip_id, float(length), **extra)
+
+
+def parse_setting(key: str, value: Any) -> Any:
+    """A validated setting value; "" resets a key to the server's default (None)."""
+    if key not in SETTING_KEYS:
+        raise ProtocolError("unknown_setting", f"no setting '{key}' (settings: {', '.join(SETTING_KEYS)})")
+    if isinstance(value, str) and value == "":
+        return None
+    if key == "model":
+        # A name only, never a path: a client must not make the server open files.
+        if not isinstance(value, str) or not _MODEL_NAME.fullmatch(value) or value.endswith(".onnx"):
+            raise ProtocolError("bad_args", "model must be an installed model's name (letters, digits, _ . -), not a path")
+        return value
+    if key == "seed":
+        if not _is_int(value) or not 0 <= value < 2**63:
+            raise ProtocolError("bad_args", "seed must be an int >= 0")
+        return value
+    if key == "threshold":
+        if not _is_number(value) or not 0 < value < 1:
+            raise ProtocolError("bad_args", "threshold must be a number between 0 and 1, e.g. 0.5")
+        return float(value)
+    if key == "tempo":
+        if not _is_number(value) or not 1 <= value <= 999:
+            raise ProtocolError("bad_args", "tempo must be a number of beats per minute, 1..999")
+        return float(value)
+    # sample
+    if isinstance(value, bool):
+        return value
+    if not _is_int(value) or value not in (0, 1):
+        raise ProtocolError("bad_args", "sample must be 0 (threshold) or 1 (sample notes)")
+    return bool(value)
+
+
+def parse_set(address: str, args: Sequence[Any]) -> tuple[str, Any]:
+    expect_count(address, args, 2, 2, "key value")
+    key = args[0]
+    if not isinstance(key, str):
+        raise ProtocolError("bad_args", f"{address}: the key must be a string ({', '.join(SETTING_KEYS)})")
+    return key, parse_setting(key, args[1])
+
+
+def parse_reply_to(address: str, args: Sequence[Any]) -> tuple[str, int] | None:
+    """`host port` -> (host, port); no arguments -> None (reply to the sender itself)."""
+    if not args:
+        return None
+    expect_count(address, args, 2, 2, "host port (or nothing: reply to the sender)")
+    host, port = args
+    if not isinstance(host, str) or not host:
+        raise ProtocolError("bad_args", f"{address}: host must be a string such as 127.0.0.1")
+    if not _is_int(port) or not 0 <= port <= 65535:
+        raise ProtocolError("bad_args", f"{address}: port must be an int 1..65535 (0 clears the redirect)")
+    return host, port
+
+
+@dataclass(frozen=True)
+class MidiClip:
+    clip_id: str | int
+    data: bytes
+    track: str | None
+
+
+def parse_midi(address: str, args: Sequence[Any]) -> MidiClip:
+    """`id blob [track]`: a whole Standard MIDI File in a blob."""
+    clip_id = parse_id(address, args)
+    expect_count(address, args, 2, 3, "id blob [track]", clip_id)
+    if not isinstance(args[1], (bytes, bytearray)):
+        raise ProtocolError("bad_args", f"{address}: the second argument must be a blob holding a .mid file, not {_kind(args[1])}", clip_id)
+    track = args[2] if len(args) == 3 else None
+    if track is not None and not isinstance(track, str):
+        raise ProtocolError("bad_args", f"{address}: the track name must be a string", clip_id)
+    return MidiClip(clip_id, bytes(args[1]), track or None)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def message(address: str, *args: Any) -> OscMessage:
+    builder = OscMessageBuilder(address)
+    for arg in args:
+        if isinstance(arg, bool):  # ints 0/1, not OSC T/F: easier for Max/Pd patches
+            arg = int(arg)
+        builder.add_arg(arg)
+    return builder.build()
+
+
+def _note_args(note: Note) -> tuple:
+    return (int(note.pitch), float(note.start), float(note.duration), int(note.velocity), int(bool(note.mute)))
+
+
+def chunks(notes: Sequence[Note], size: int = MAX_NOTES_PER_MESSAGE) -> Iterable[Sequence[Note]]:
+    for i in range(0, len(notes), size):
+        yield notes[i:i + size]
+
+
+def notes_messages(address: str, head: Sequence[Any], notes: Sequence[Note]) -> list[OscMessage]:
+    """`address *head (5-tuple)*`, at most 200 notes each; no message for no notes."""
+    return [message(address, *head, *(v for n in group for v in _note_args(n))) for group in chunks(notes)]
+
+
+def pong(ping_id: str | int, model: str, provider: str) -> OscMessage:
+    return message(PONG, ping_id, version(), model, provider)
+
+
+def accomp_begin(clip_id: str | int, n_tracks: int, length_beats: float) -> OscMessage:
+    return message(ACCOMP_BEGIN, clip_id, n_tracks, float(length_beats))
+
+
+def accomp_track(clip_id: str | int, index: int, name: str, program: int, channel: int, is_drum: bool) -> OscMessage:
+    return message(ACCOMP_TRACK, clip_id, index, name, program, channel, is_drum)
+
+
+def accomp_notes(clip_id: str | int, index: int, notes: Sequence[Note]) -> list[OscMessage]:
+    return notes_messages(ACCOMP_NOTES, (clip_id, index), notes)
+
+
+def accomp_end(clip_id: str | int, n_notes: int) -> OscMessage:
+    return message(ACCOMP_END, clip_id, n_notes)
+
+
+def error(clip_id: str | int, code: str, text: str) -> OscMessage:
+    return message(ERROR, clip_id, code, text)

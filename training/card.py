@@ -1,0 +1,71 @@
+"""The model card: a Markdown page beside the .onnx file, written from its own metadata so
+that it cannot drift from what the file says about itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from backline.models.atomic import atomic_write
+from backline.models.spec import GeneratorSpec
+
+from .evaluation import HEADLINE, format_table
+
+
+def card_text(spec: GeneratorSpec, parity: str) -> str:
+    p = spec.provenance
+    tracks = "\n".join(
+        f"| {t.name} | {t.program} | {t.channel + 1} | {'yes' if t.monophonic else 'no'} |"
+        for t in spec.tracks
+    )
+    hours, rest = divmod(int(p.get("wall_time_s", 0)), 3600)
+    wall = f"{hours} h {rest // 60} min" if hours else f"{rest // 60} min {rest % 60} s"
+    lines = [
+        f"# Model card: `{spec.name}`",
+        "",
+        spec.description,
+        "",
+        "## What it plays",
+        "",
+        f"Melody in: **{spec.melody.name}**, a {spec.window_beats}-beat window at "
+        f"{spec.steps_per_beat} steps per beat, pitches {spec.lowest_pitch}..{spec.highest_pitch} "
+        f"(MIDI). Key-normalised: {'yes (C major / A minor)' if spec.key_normalised else 'no'}.",
+        "",
+        "| track | GM program (0-based) | MIDI channel | one note at a time |",
+        "|---|---|---|---|",
+        tracks,
+        "",
+        f"Decoding: note threshold {spec.threshold}, onset threshold {spec.onset_threshold}.",
+        "",
+        "## How it was made",
+        "",
+        f"- command: `{p.get('command', '')}`",
+        f"- data: {p.get('dataset', '')}; {p.get('train_windows')} training windows, "
+        f"{p.get('validation_windows')} validation windows (split by piece)",
+        f"- architecture: {p.get('architecture')}",
+        f"- epochs: {p.get('epochs')} (incl. warm-up), learning rate {p.get('learning_rate')}, "
+        f"update ratio {p.get('update_ratio')}, batch size {p.get('batch_size')}, "
+        f"paired-loss weight {p.get('recon_weight')}, gradient penalty {p.get('gp_lambda')}",
+        f"- seed: {p.get('seed')}",
+        f"- wall time: {wall} on {p.get('machine', 'an unrecorded machine')}",
+        f"- code: commit {p.get('commit')}",
+        f"- export check: {parity}",
+        "",
+    ]
+    metrics = spec.metrics
+    if metrics.get("validation"):
+        lines += [
+            "## Evaluation",
+            "",
+            f"`backline evaluate --model {spec.name}`: the model's accompaniment of all "
+            f"{metrics.get('validation_windows')} validation windows, beside the real chorales' "
+            "alto, tenor and bass for the same windows.",
+            "",
+            format_table(metrics["validation"], metrics["validation_real"], HEADLINE),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def write_card(spec: GeneratorSpec, path: Path, parity: str) -> None:
+    with atomic_write(path) as handle:
+        handle.write(card_text(spec, parity).encode())
