@@ -67,7 +67,7 @@ def list_models() -> list[ModelEntry]:
             seen.add(path.stem)
             card = path.with_suffix(".md")
             try:
-                spec, error = Generator(path, device="cpu").spec, None
+                spec, error = Generator(path, device="cpu", announce=False).spec, None
             except ModelLoadError as exc:
                 spec, error = None, str(exc)
             entries.append(ModelEntry(path, spec, error, card if card.is_file() else None))

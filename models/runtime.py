@@ -83,7 +83,8 @@ class Probabilities:
 class Generator:
     """An exported accompaniment generator: its spec plus an ONNX Runtime session."""
 
-    def __init__(self, path: str | os.PathLike, device: str = "auto") -> None:
+    def __init__(self, path: str | os.PathLike, device: str = "auto", *, announce: bool = True) -> None:
+        """Load `path` on `device` (auto, cpu or cuda); `announce` logs the provider in use."""
         self.path = Path(path)
         try:
             data = self.path.read_bytes()
@@ -120,7 +121,8 @@ class Generator:
                 "pip install 'onnxruntime-gpu[cuda,cudnn]'); running on %s",
                 self.spec.name, requested[0], self.provider,
             )
-        log.info("model %s runs on %s", self.spec.name, self.provider)
+        if announce:
+            log.info("model %s runs on %s", self.spec.name, self.provider)
         self._check_signature()
 
     def _check_signature(self) -> None:
