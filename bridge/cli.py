@@ -182,9 +182,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or .onnx path (default {DEFAULT_MODEL})")
     p.add_argument("--osc-host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--osc-port", type=int, default=11010, help="UDP port (default 11010)")
-    p.add_argument("--midi-api", choices=["alsa", "jack", "coremidi", "none"], default="none",
-                   help="virtual MIDI ports through this API (not available yet; default none)")
+    p.add_argument("--midi-api", choices=["alsa", "jack", "coremidi", "none"], default=None,
+                   help="virtual MIDI ports 'backline in' / 'backline out' through this API "
+                        "(default: coremidi on macOS, alsa on Linux; none for OSC only)")
+    p.add_argument("--per-track-ports", action="store_true",
+                   help="one MIDI output port per accompaniment track instead of one port with a channel per track")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the model runs")
+    p.add_argument("--no-reload", action="store_true",
+                   help="do not watch the model folders for new or changed models (/backline/model/load still works)")
+    p.add_argument("--clock", choices=["auto", "midi", "osc", "internal", "off"], default="auto",
+                   help="live mode's clock: MIDI clock on 'backline in', OSC /backline/transport/*, both (auto: "
+                        "whichever is heard), an internal clock at --tempo that starts at once, or off (default auto)")
+    p.add_argument("--tempo", type=float, default=120.0,
+                   help="BPM of the internal clock, and the first guess for the others (default 120)")
+    p.add_argument("--commit-ahead", type=float, default=2.0, metavar="BEATS",
+                   help="live mode generates each bar this many beats before it starts (default 2)")
     p.set_defaults(func=lambda a: __import__("backline.bridge.serve", fromlist=["x"]).cmd_serve(a))
 
     p = sub.add_parser("send", help="accompany a melody file through a running `backline serve`",
@@ -198,6 +210,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--track", default=None, help="name of the melody track in a multi-track file")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the accompaniment (default 10)")
     p.set_defaults(func=lambda a: __import__("backline.bridge.send", fromlist=["x"]).cmd_send(a))
+
+    p = sub.add_parser("bench", help="time the model call, the OSC round trip and live timing",
+                       description="Print p50/p99/max of the bare model call for a 4-bar clip, of the same clip's "
+                                   "round trip through a `backline serve` over loopback, their ratio, and live "
+                                   "mode's timing (figures only; see docs/PERFORMANCE.md).")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or .onnx path (default {DEFAULT_MODEL})")
+    p.add_argument("--runs", type=int, default=200, help="timed runs of each kind (default 200)")
+    p.add_argument("--seconds", type=float, default=20.0, help="how long to measure live timing (default 20)")
+    p.add_argument("--tempo", type=float, default=180.0, help="live timing tempo in BPM (default 180)")
+    p.add_argument("--no-live", action="store_true", help="skip the live timing")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the model runs")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the figures to FILE")
+    p.set_defaults(func=lambda a: __import__("backline.bridge.bench", fromlist=["x"]).cmd_bench(a))
     return parser
 
 

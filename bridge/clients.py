@@ -91,6 +91,10 @@ class Clients:
         _bounded_set(self._clients, target, client, MAX_CLIENTS)
         return client
 
+    def targets(self) -> list[Address]:
+        """The reply targets of every client heard from lately (announcements go there)."""
+        return list(self._clients)
+
     def expire(self) -> list[tuple[Address, Any]]:
         """Expired clips as (target, clip id); forgets clients idle with no open clip."""
         now = self.clock()

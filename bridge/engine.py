@@ -4,6 +4,11 @@ Generation runs on one worker thread fed by a bounded queue, so the network thre
 parses and queues: a slow clip never stops the server from receiving (or answering ping).
 One worker is enough: ONNX Runtime already uses several cores per run, and it keeps clips
 from one client in order. Models are loaded once, by name, and kept.
+
+Hot reload (bridge/reload.py) replaces a model with `swap`: the cache entry changes
+atomically, and a clip already running keeps the Generator object it started with, so no
+clip is dropped or generated half by one model and half by the other. Listeners
+registered with `on_swap` (the live engine) hear of each swap and apply it when they can.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from backline.models.runtime import Generator
 log = logging.getLogger("backline.bridge")
 
 Job = Callable[[], None]
+SwapListener = Callable[[str, Generator], None]
 MAX_QUEUED = 64
 MAX_MODELS = 8
 
@@ -34,6 +40,8 @@ class Engine:
         # Under both the name it was asked by (maybe a path) and its own name.
         self._models: dict[str, Generator] = {default_model: generator, self.default: generator}
         self._pinned = set(self._models)  # never evicted
+        self._lock = threading.Lock()  # guards _models and _listeners: swaps come from other threads
+        self._listeners: list[SwapListener] = []
         self._jobs: queue.Queue[Job | None] = queue.Queue(MAX_QUEUED)
         self._thread = threading.Thread(target=self._work, name="backline-generate", daemon=True)
         self._thread.start()
@@ -58,11 +66,60 @@ class Engine:
         if generator is None:
             generator = registry.load(name, device=self.device)
             warm_up(generator)
-            evictable = [k for k in self._models if k not in self._pinned]
-            if len(evictable) >= MAX_MODELS:
-                del self._models[evictable[0]]  # the oldest loaded
-            self._models[name] = generator
+            with self._lock:
+                if name in self._models:  # swapped in by a reload meanwhile: that one is newer
+                    return self._models[name]
+                self._add(name, generator)
         return generator
+
+    def _add(self, name: str, generator: Generator) -> None:
+        """A new cache entry, evicting the oldest unpinned one past MAX_MODELS. Under _lock."""
+        evictable = [k for k in self._models if k not in self._pinned]
+        if len(evictable) >= MAX_MODELS:
+            del self._models[evictable[0]]  # the oldest loaded
+        self._models[name] = generator
+
+    def models(self) -> dict[str, Generator]:
+        """A snapshot of the cache: every name a model is loaded under (safe from any thread)."""
+        with self._lock:
+            return dict(self._models)
+
+    def swap(self, name: str, generator: Generator) -> list[str]:
+        """Serve `generator` as model `name` from now on (safe from any thread).
+
+        Every name the old model was loaded under (the default is cached under the name it
+        was asked by and its own name) moves to the new one at once; a name not loaded yet
+        is added. A clip already running finishes with the model it started with. Then each
+        on_swap listener is called with (name, generator). Returns the names replaced.
+        """
+        with self._lock:
+            old = self._models.get(name)
+            names = [k for k, g in self._models.items() if k == name or (old is not None and g is old)]
+            if not names:
+                self._add(name, generator)
+                names = [name]
+            for key in names:
+                self._models[key] = generator
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(name, generator)
+            except Exception as exc:  # a listener's bug must not undo or stop the swap
+                log.error("model swap listener %r failed: %s: %s", listener, type(exc).__name__, exc)
+        return names
+
+    def on_swap(self, listener: SwapListener) -> Callable[[], None]:
+        """Call listener(name, generator) after each swap (on the swapping thread; keep it
+        short: hand the generator over, apply it later). Returns a function that unsubscribes."""
+        with self._lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
 
     def submit(self, job: Job) -> bool:
         """Queue a job; False when the queue is full (the caller answers 'busy')."""

@@ -7,11 +7,13 @@ and raises ProtocolError for anything it cannot do; `Bridge.handle` turns that i
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import time
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from backline.models import registry
 from backline.models.errors import BacklineError
 
 from . import protocol
@@ -20,6 +22,9 @@ from .engine import Engine
 from .generate import ClipJob, Send, run_clip
 from .protocol import ProtocolError
 
+if TYPE_CHECKING:
+    from .reload import LoadResult, Reloader
+
 log = logging.getLogger("backline.bridge")
 
 Resolve = Callable[[str, int], Address]
@@ -27,12 +32,15 @@ Args = Sequence[Any]
 
 
 class Bridge:
-    def __init__(self, engine: Engine, send: Send, resolve: Resolve, clients: Clients | None = None) -> None:
+    def __init__(self, engine: Engine, send: Send, resolve: Resolve, clients: Clients | None = None,
+                 reloader: "Reloader | None" = None) -> None:
         self.engine = engine
+        self.reloader = reloader
         self.send = send
         self.resolve = resolve
         self.clients = clients or Clients()
         self._last_tick = 0.0
+        self._announcements: collections.deque = collections.deque(maxlen=64)  # from the reload thread
         self.routes: dict[str, Callable[[Address, str, Args], None]] = {
             protocol.PING: self.ping,
             protocol.SET: self.set,
@@ -42,7 +50,11 @@ class Bridge:
             protocol.CLIP_END: self.clip_end,
             protocol.CLIP_CANCEL: self.clip_cancel,
             protocol.CLIP_MIDI: self.clip_midi,
+            protocol.MODEL_LOAD: self.model_load,
+            protocol.MODEL_LIST: self.model_list,
         }
+        if reloader is not None:
+            reloader.on_result(self.announce)
 
     # ------------------------------------------------------------------ entry points
 
@@ -71,6 +83,10 @@ class Bridge:
 
     def tick(self) -> None:
         """Called often from the network loop: reports clips idle too long (once a second)."""
+        while self._announcements:  # client state belongs to this thread: announce from here
+            message = self._announcements.popleft()
+            for target in self.clients.targets():
+                self.send(target, message)
         now = time.monotonic()
         if now - self._last_tick < 1.0:
             return
@@ -146,6 +162,40 @@ class Bridge:
         client = self.clients.client(sender)
         self._queue(client, clip.clip_id, ClipJob(client.target, clip.clip_id, client.settings.with_overrides(),
                                                   midi=clip.data, track=clip.track))
+
+    def model_load(self, sender: Address, address: str, args: Args) -> None:
+        name = protocol.parse_model_name(address, args)
+        target = self.clients.client(sender).target
+        if self.reloader is None:
+            raise ProtocolError("model_load", f"{address}: model reloading is not available in this server")
+
+        def reply(result: "LoadResult") -> None:
+            if result.ok:
+                self.send(target, protocol.model_loaded(result.name, result.generator.provider))
+            else:
+                self.send(target, protocol.error("", "model_load", result.error))
+
+        if not self.reloader.request(name, reply):
+            raise ProtocolError("busy", "too many model loads are waiting; send this one again later")
+
+    def model_list(self, sender: Address, address: str, args: Args) -> None:
+        protocol.expect_count(address, args, 0, 0, "no arguments")
+        names: list[str] = []
+        for folder in registry.search_dirs():
+            try:
+                names += [p.stem for p in folder.glob("*.onnx") if not p.name.startswith(".")]
+            except OSError:
+                continue
+        self.send(self.clients.client(sender).target, protocol.model_list_reply(sorted(set(names))))
+
+    def announce(self, result: "LoadResult") -> None:
+        """A model file changed on disk and was swapped in or refused (reload thread): every
+        client heard from lately gets /backline/model/loaded or /backline/error model_rejected
+        (sent from the network thread's next tick, which owns the client table)."""
+        if result.ok:
+            self._announcements.append(protocol.model_loaded(result.name, result.generator.provider))
+        else:
+            self._announcements.append(protocol.error("", "model_rejected", result.error))
 
     # ------------------------------------------------------------------ helpers
 

@@ -132,6 +132,18 @@ class OscServer:
                                         name="backline-osc", daemon=True)
         self._thread.start()
 
+    @property
+    def bridge(self) -> Bridge | None:
+        return self._server.dispatcher.bridge if self._server is not None else None
+
+    def add_routes(self, routes: dict) -> None:
+        """More addresses after start (live mode's), handled like the Bridge's own: errors
+        answered with /backline/error, the server never stopped by one."""
+        bridge = self.bridge
+        for address, handler in routes.items():
+            bridge.routes[address] = handler
+            self._server.dispatcher.map(address, self._forward(bridge, address), needs_reply_address=True)
+
     @staticmethod
     def _forward(bridge: Bridge, address: str):
         handler = bridge.routes[address]

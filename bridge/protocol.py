@@ -31,6 +31,18 @@ CLIP_NOTES = "/backline/clip/notes"
 CLIP_END = "/backline/clip/end"
 CLIP_CANCEL = "/backline/clip/cancel"
 CLIP_MIDI = "/backline/clip/midi"
+MODEL_LOAD = "/backline/model/load"
+MODEL_LIST = "/backline/model/list"
+# Live mode (bridge/live.py): the host's transport and the live melody.
+TRANSPORT_PLAY = "/backline/transport/play"
+TRANSPORT_STOP = "/backline/transport/stop"
+TRANSPORT_CONTINUE = "/backline/transport/continue"
+TRANSPORT_TEMPO = "/backline/transport/tempo"
+TRANSPORT_POSITION = "/backline/transport/position"
+LIVE_NOTE = "/backline/live/note"
+LIVE_LOOP = "/backline/live/loop"
+LIVE_PLAN = "/backline/live/plan"
+LIVE_SUBSCRIBE = "/backline/live/subscribe"
 # Outgoing.
 PONG = "/backline/pong"
 ACCOMP_BEGIN = "/backline/accomp/begin"
@@ -38,9 +50,16 @@ ACCOMP_TRACK = "/backline/accomp/track"
 ACCOMP_NOTES = "/backline/accomp/notes"
 ACCOMP_END = "/backline/accomp/end"
 ERROR = "/backline/error"
+MODEL_LOADED = "/backline/model/loaded"
+MODEL_LIST_REPLY = "/backline/model/list/reply"
 # The server never answers these: a reply sent to another Backline server (reply_to
 # pointing at one) must not start an endless exchange of errors.
-OUTGOING = frozenset({PONG, ACCOMP_BEGIN, ACCOMP_TRACK, ACCOMP_NOTES, ACCOMP_END, ERROR})
+LIVE_PLAN_BEGIN = "/backline/live/plan/begin"
+LIVE_PLAN_NOTES = "/backline/live/plan/notes"
+LIVE_PLAN_END = "/backline/live/plan/end"
+OUTGOING = frozenset({PONG, ACCOMP_BEGIN, ACCOMP_TRACK, ACCOMP_NOTES, ACCOMP_END, ERROR,
+                      MODEL_LOADED, MODEL_LIST_REPLY,
+                      LIVE_PLAN_BEGIN, LIVE_PLAN_NOTES, LIVE_PLAN_END})
 
 MAX_NOTES_PER_MESSAGE = 200  # keeps a message near 5 KiB: under python-osc's 8 KiB buffers
 MAX_START_BEATS = 100_000.0
@@ -205,6 +224,19 @@ def parse_set(address: str, args: Sequence[Any]) -> tuple[str, Any]:
     return key, parse_setting(key, args[1])
 
 
+def parse_model_name(address: str, args: Sequence[Any]) -> str:
+    """`name`: an installed model's name, never a path (ProtocolError 'model_load' otherwise).
+    The bridge never opens a file named over the network."""
+    expect_count(address, args, 1, 1, "name (an installed model's name)")
+    name = args[0]
+    if (not isinstance(name, str) or not _MODEL_NAME.fullmatch(name) or ".." in name
+            or name.lower().endswith(".onnx")):
+        shown = repr(name)[:80] if isinstance(name, str) else _kind(name)
+        raise ProtocolError("model_load", f"{address}: {shown} is not a model name; give the name of an "
+                                          "installed model (letters, digits, _ . -; no path, no .onnx)")
+    return name
+
+
 def parse_reply_to(address: str, args: Sequence[Any]) -> tuple[str, int] | None:
     """`host port` -> (host, port); no arguments -> None (reply to the sender itself)."""
     if not args:
@@ -285,3 +317,33 @@ def accomp_end(clip_id: str | int, n_notes: int) -> OscMessage:
 
 def error(clip_id: str | int, code: str, text: str) -> OscMessage:
     return message(ERROR, clip_id, code, text)
+
+
+def model_loaded(name: str, provider: str) -> OscMessage:
+    return message(MODEL_LOADED, name, provider)
+
+
+MAX_LISTED_MODELS = 100  # 100 names of <= 64 characters keep the reply under 8 KiB
+
+
+def model_list_reply(names: Sequence[str]) -> OscMessage:
+    return message(MODEL_LIST_REPLY, *names[:MAX_LISTED_MODELS])
+
+
+def parse_numbers(address: str, args: Sequence[Any], low: int, high: int, usage: str) -> list[float]:
+    """Between `low` and `high` finite numbers (ints or floats), as floats (live mode)."""
+    expect_count(address, args, low, high, usage)
+    for value in args:
+        if not _is_number(value):
+            raise ProtocolError("bad_args", f"{address} takes {usage}; {_kind(value)} is not a number")
+    return [float(v) for v in args]
+
+
+def live_plan(from_beat: float, to_beat: float, tracks: Sequence[Sequence[Note]]) -> list[OscMessage]:
+    """`plan/begin from to n_tracks`, `plan/notes index (5-tuple)*` (absolute beats, at most
+    200 notes each, none for a silent track), `plan/end`."""
+    messages = [message(LIVE_PLAN_BEGIN, float(from_beat), float(to_beat), len(tracks))]
+    for index, notes in enumerate(tracks):
+        messages += notes_messages(LIVE_PLAN_NOTES, (index,), notes)
+    messages.append(message(LIVE_PLAN_END))
+    return messages

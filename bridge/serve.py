@@ -11,31 +11,78 @@ import argparse
 import signal
 import sys
 import threading
+from typing import Callable
 
 from .engine import Engine
 from .handlers import Bridge
+from .midi_ports import MidiPorts, MidiUnavailable, default_api
 from .osc_server import OscServer
+from .reload import Reloader
+
+
+def open_midi(args: argparse.Namespace, engine: Engine) -> MidiPorts | None:
+    """The virtual MIDI ports for the default model's tracks, or None (--midi-api none, or
+    the backend is unavailable: one line says why and the server goes on with OSC only)."""
+    api = getattr(args, "midi_api", None) or default_api()
+    if api == "none":
+        return None
+    try:
+        ports = MidiPorts.open(api, engine.loaded(None).spec.tracks,
+                               per_track_ports=getattr(args, "per_track_ports", False))
+    except MidiUnavailable as exc:
+        print(f"backline: virtual MIDI unavailable ({exc}); running with OSC only", file=sys.stderr, flush=True)
+        return None
+    print(f"backline: virtual MIDI ({api}): {', '.join(ports.port_names)}", flush=True)
+    return ports
+
+
+def start_frontends(engine: Engine, osc: OscServer, ports: MidiPorts | None,
+                    args: argparse.Namespace) -> list[Callable[[], None]]:
+    """Start the front ends that play through the MIDI ports; return their stop functions
+    (cmd_serve calls them in reverse order before it closes the ports).
+
+    LIVE MODE attaches here: it gets the one Engine, the OSC server (for its transport
+    messages) and `ports` (None without virtual MIDI): ports.set_input_callback() for the
+    melody and the host's clock, ports.send(channel, msg) for the accompaniment,
+    ports.notes_off() on stop / tempo jump, ports.retarget(tracks) on a model swap."""
+    stoppers: list[Callable[[], None]] = []
+    if getattr(args, "clock", "auto") != "off":
+        from .live import start_live  # live mode: bridge/live.py
+
+        stoppers.append(start_live(engine, osc, ports, args))
+    return stoppers
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    if args.midi_api != "none":
-        print(f"backline: virtual MIDI ({args.midi_api}) is not available yet; running with OSC only",
-              file=sys.stderr, flush=True)
     stop = threading.Event()
     # Handlers first: a SIGTERM that comes while the model loads, or right after the
     # banner, still ends in a clean stop.
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     osc = OscServer(args.osc_host, args.osc_port)
     engine = None
+    reloader = None
+    ports: MidiPorts | None = None
+    stoppers: list[Callable[[], None]] = []
     try:
         osc.bind()
         engine = Engine(args.model, device=args.device)
-        osc.start(Bridge(engine, osc.send, osc.resolve))
+        # Hot reload: watches the model folders unless --no-reload; /backline/model/load always works.
+        reloader = Reloader(engine, watch=not getattr(args, "no_reload", False))
+        osc.start(Bridge(engine, osc.send, osc.resolve, reloader=reloader))
+        reloader.start()
+        ports = open_midi(args, engine)
+        stoppers = start_frontends(engine, osc, ports, args)
         print(f"backline: listening on {osc.url}, model {engine.default} on {engine.provider}", flush=True)
         while not stop.wait(0.5):  # a timed wait, so the signal handler gets to run everywhere
             pass
     finally:
+        for stop_frontend in reversed(stoppers):
+            stop_frontend()
+        if ports is not None:
+            ports.close()  # all notes off on every channel used, then the ports go
         osc.stop()
+        if reloader is not None:
+            reloader.stop()
         if engine is not None:
             engine.close()
         for sig, handler in previous.items():

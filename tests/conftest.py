@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from .jack_server import jack  # noqa: F401  (a fixture for every test file)
+
 # One 3/4 chorale and two pieces with a pickup bar among them; the last two are validation.
 SMALL_TRAIN = ("bach/bwv26.6", "bach/bwv269", "bach/bwv347", "bach/bwv153.1")
 SMALL_VAL = ("bach/bwv122.6", "bach/bwv286")

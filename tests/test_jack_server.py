@@ -6,10 +6,9 @@ import time
 
 import rtmidi
 
-from .jack_server import jack  # noqa: F401  (fixture)
 
 
-def test_virtual_ports_appear_connect_and_carry_midi(jack):  # noqa: F811
+def test_virtual_ports_appear_connect_and_carry_midi(jack):
     out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="probe-out")
     out.open_virtual_port("out")
     inp = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name="probe-in")

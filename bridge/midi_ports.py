@@ -1,0 +1,438 @@
+"""Virtual MIDI ports (python-rtmidi): what a DAW sees of `backline serve`.
+
+One input port, `backline in` (the melody a DAW plays, and its MIDI clock: 0xF8, Start,
+Continue, Stop and Song Position all come through), and the output: `backline out`, one
+channel per accompaniment track (the track's own channel; drums on channel index 9), or
+with `per_track_ports` one port per track, `backline <track name>`, each sending on its
+track's channel.
+
+Every python-rtmidi object is a client of its own in JACK and ALSA, so the ports belong to
+`backline`, `backline-01`... in JACK (JACK renames a taken client name); `port_names` holds
+the full names the backend shows.
+
+JACK: nothing here starts a server (JACK_NO_START_SERVER). A small port-less client
+(`backline-watch`, through libjack's C API, the very library python-rtmidi uses) tells
+whether a server runs before any port opens, so a missing server is one quick
+MidiUnavailable rather than a burst of JACK's own messages, and its shutdown callback
+says when the server goes away: the ports then turn unhealthy, `send` does nothing (JACK's
+output ring buffer would never drain) and one line is logged. JACK's messages are routed
+to this module's logger at debug level.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import glob
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from typing import Callable, Iterable, Sequence
+
+import rtmidi
+
+from backline.models.errors import BacklineError
+from backline.models.spec import TrackSpec
+
+log = logging.getLogger("backline.bridge.midi")
+
+API_NAMES = {"alsa": rtmidi.API_LINUX_ALSA, "jack": rtmidi.API_UNIX_JACK, "coremidi": rtmidi.API_MACOSX_CORE}
+DRUM_CHANNEL = 9  # General MIDI channel 10, 0-based
+ALL_NOTES_OFF = 123
+IN_PORT = "in"
+FLUSH_S = 0.02  # a few JACK periods: sent messages have left before ports open or close
+OUT_PORT = "out"
+
+InputCallback = Callable[[list[int], float], None]
+
+
+class MidiUnavailable(BacklineError):
+    """The asked-for MIDI backend cannot give us ports; str() says what to do."""
+
+
+def default_api() -> str:
+    """CoreMIDI on macOS, ALSA elsewhere (JACK only when asked for)."""
+    return "coremidi" if sys.platform == "darwin" else "alsa"
+
+
+def track_channel(track: TrackSpec) -> int:
+    """The 0-based channel a track sends on: its own; a drum track always on 9."""
+    return DRUM_CHANNEL if track.is_drum else track.channel
+
+
+def port_name(client_name: str, suffix: str) -> str:
+    """'backline in', 'backline bass': lower case, no ':' (JACK's client/port separator)."""
+    suffix = re.sub(r"\s+", " ", suffix.replace(":", " ")).strip().lower() or "track"
+    return f"{client_name} {suffix}"
+
+
+class MidiPorts:
+    """The open virtual ports. Use `MidiPorts.open`; `send` may be called from any thread."""
+
+    def __init__(self, api: str, client_name: str, per_track_ports: bool) -> None:
+        self.api = api
+        self.client_name = client_name
+        self.per_track_ports = per_track_ports
+        self.port_names: list[str] = []
+        self._lock = threading.RLock()
+        self._input: rtmidi.MidiIn | None = None
+        self._lister: rtmidi.MidiOut | None = None
+        self._outputs: dict[str, rtmidi.MidiOut] = {}  # short port name -> port
+        self._route: dict[int, str] = {}  # channel -> short port name
+        self._full: dict[str, str] = {}  # short port name -> full name
+        self._used: set[int] = set()
+        self._sounding: set[tuple[int, int]] = set()  # (channel, pitch)
+        self._callback: InputCallback | None = None
+        self._healthy = True
+        self._closed = False
+        self._watch: _JackWatch | None = None
+        self._default_out: str | None = None
+        self._full_in = port_name(client_name, IN_PORT)
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, api: str, tracks: Sequence[TrackSpec], *, client_name: str = "backline",
+             per_track_ports: bool = False) -> "MidiPorts":
+        if api not in API_NAMES:
+            raise MidiUnavailable(f"unknown MIDI API {api!r}; pick one of {', '.join(API_NAMES)} or none")
+        _check_backend(api)
+        ports = cls(api, client_name, per_track_ports)
+        try:
+            if api == "jack":
+                ports._watch = _JackWatch.open(f"{client_name}-watch", ports._backend_gone)
+            ports._input = _new(rtmidi.MidiIn, api, client_name)
+            # A client without ports that lists the input ports (the MidiIn lists the
+            # outputs): made now, so that naming ports never adds a client to the graph
+            # later (a graph change while MIDI flows can garble what RtMidi receives).
+            ports._lister = _new(rtmidi.MidiOut, api, client_name)
+            before_in, before_out = ports._list_ports()
+            ports._input.ignore_types(sysex=True, timing=False, active_sense=True)
+            ports._input.set_callback(ports._on_input)
+            ports._input.open_virtual_port(port_name(client_name, IN_PORT))
+            ports._retarget_outputs(tracks)
+            ports._name_ports(before_in, before_out)
+        except BaseException:
+            ports._release()
+            raise
+        return ports
+
+    def _list_ports(self) -> tuple[set[str], set[str]]:
+        """(input ports, output ports) as the backend names them, everyone's."""
+        try:
+            return set(self._lister.get_ports()), set(self._input.get_ports())
+        except (rtmidi.RtMidiError, AttributeError):
+            return set(), set()
+
+    def _retarget_outputs(self, tracks: Sequence[TrackSpec]) -> None:
+        """Open and close output ports to match the tracks; rebuild the channel routes."""
+        wanted: dict[str, list[int]] = {}
+        if self.per_track_ports:
+            for track in tracks:
+                name = port_name(self.client_name, track.name)
+                while name in wanted:  # two tracks of one name: keep both
+                    name += "'"
+                wanted[name] = [track_channel(track)]
+        else:
+            wanted[port_name(self.client_name, OUT_PORT)] = [track_channel(t) for t in tracks]
+        for name in [n for n in self._outputs if n not in wanted]:
+            _close_quietly(self._outputs.pop(name), self._healthy)
+            self._full.pop(name, None)
+        for name in wanted:
+            if name not in self._outputs:
+                out = _new(rtmidi.MidiOut, self.api, self.client_name)
+                out.open_virtual_port(name)
+                self._outputs[name] = out
+        self._route = {}
+        for name, channels in wanted.items():
+            for channel in channels:
+                self._route.setdefault(channel, name)
+        self._default_out = next(iter(wanted)) if not self.per_track_ports else None
+
+    def _name_ports(self, before_in: set[str] | None = None, before_out: set[str] | None = None) -> None:
+        """Full names as the backend lists them (new ones, by their short names), else short."""
+        after_in, after_out = self._list_ports()
+        new_in = after_in - (before_in or set())
+        new_out = after_out - (before_out or set())
+        if before_in is not None or not self.port_names:
+            self._full_in = _match(port_name(self.client_name, IN_PORT), new_in, self.api)
+        names = [self._full_in]
+        for short in self._outputs:
+            if short not in self._full:
+                self._full[short] = _match(short, new_out, self.api)
+            names.append(self._full[short])
+        self.port_names = names
+
+    # ------------------------------------------------------------------ input
+
+    def set_input_callback(self, callback: InputCallback | None) -> None:
+        """callback(message bytes, time.monotonic() at arrival), on the backend's thread.
+        Clock, Start, Continue, Stop and Song Position are passed on; sysex and active
+        sensing are not. Until a callback is set, input is dropped (never queued)."""
+        self._callback = callback
+
+    def _on_input(self, event, _data=None) -> None:
+        arrival = time.monotonic()
+        callback = self._callback
+        if callback is None:
+            return
+        try:
+            callback(list(event[0]), arrival)
+        except Exception as exc:  # the backend's thread must survive a bad callback
+            log.error("MIDI input callback failed: %s: %s", type(exc).__name__, exc)
+
+    # ------------------------------------------------------------------ output
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy and not self._closed
+
+    @property
+    def channels(self) -> list[int]:
+        """The channels that have a port, in track order."""
+        return list(self._route)
+
+    def send(self, channel: int, message: Sequence[int]) -> bool:
+        """Send one message on `channel` (0-15) through the port for that channel. A channel
+        voice message gets `channel` in its status byte; a system message goes as it is.
+        False (and nothing sent) when no port carries the channel or the backend is gone."""
+        if not 0 <= channel <= 15 or not message:
+            raise ValueError(f"bad MIDI channel {channel} or empty message")
+        data = [int(b) & 0xFF for b in message]
+        status = data[0]
+        if 0x80 <= status < 0xF0:
+            data[0] = (status & 0xF0) | channel
+        with self._lock:
+            if not self.healthy:
+                return False
+            name = self._route.get(channel, self._default_out)
+            if name is None:
+                return False
+            self._outputs[name].send_message(data)
+            if 0x80 <= status < 0xF0:
+                self._used.add(channel)
+                kind = status & 0xF0
+                if kind == 0x90 and len(data) > 2 and data[2] > 0:
+                    self._sounding.add((channel, data[1]))
+                elif kind in (0x80, 0x90) and len(data) > 1:
+                    self._sounding.discard((channel, data[1]))
+            return True
+
+    def notes_off(self, channels: Iterable[int] | None = None) -> None:
+        """A note-off for every note it sent that still sounds, then All Notes Off (CC 123)
+        on every channel it has used (or on `channels`)."""
+        with self._lock:
+            chosen = sorted(self._used if channels is None else set(channels))
+            for channel, pitch in sorted(self._sounding):
+                if channel in chosen:
+                    self.send(channel, [0x80, pitch, 0])
+            for channel in chosen:
+                self.send(channel, [0xB0, ALL_NOTES_OFF, 0])
+            self._sounding = {n for n in self._sounding if n[0] not in chosen}
+
+    def retarget(self, tracks: Sequence[TrackSpec]) -> None:
+        """Another model with other tracks: silence everything, then (with per-track ports)
+        open and close ports to match; `port_names` follows."""
+        with self._lock:
+            if self._closed:
+                return
+            self.notes_off()
+            self._used.clear()
+            self._sounding.clear()
+            if not self._healthy:
+                return
+            before_out = self._list_ports()[1]
+            if self.per_track_ports:
+                time.sleep(FLUSH_S)  # let the note-offs reach the peers before the graph changes
+            self._retarget_outputs(tracks)
+            self._name_ports(None, before_out)
+
+    def close(self) -> None:
+        """notes_off(), then close every port; again is a no-op."""
+        with self._lock:
+            if self._closed:
+                return
+            if self._used and self.healthy:
+                self.notes_off()
+                time.sleep(FLUSH_S)  # the note-offs reach the peers before the ports go
+            self._closed = True
+            self._release()
+
+    def _release(self) -> None:
+        if self._input is not None:
+            self._input.cancel_callback()
+            _close_quietly(self._input, self._healthy)
+            self._input = None
+        for out in self._outputs.values():
+            _close_quietly(out, self._healthy)
+        if self._lister is not None:
+            _close_quietly(self._lister, self._healthy)
+            self._lister = None
+        self._outputs.clear()
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+
+    def _backend_gone(self) -> None:
+        """From the backend's thread: the JACK server stopped (or dropped us)."""
+        if self._healthy and not self._closed:
+            self._healthy = False
+            log.warning("the JACK server went away; virtual MIDI is off (OSC still serves); "
+                        "restart backline serve once JACK runs again")
+        self._healthy = False
+
+    def __repr__(self) -> str:
+        return f"MidiPorts({self.api}, {self.port_names}, healthy={self.healthy})"
+
+
+# ---------------------------------------------------------------------- helpers
+
+_abandoned: list = []  # rtmidi objects of a dead JACK server: closing one blocks a second
+
+
+def _close_quietly(port, healthy: bool) -> None:
+    if not healthy:
+        # RtMidi's JACK close waits a second for a process callback that will never run;
+        # keep the object instead (the process is about to end or to carry on without it).
+        _abandoned.append(port)
+        return
+    try:
+        port.close_port()
+    except rtmidi.RtMidiError as exc:
+        log.debug("closing a MIDI port: %s", exc)
+    port.delete()
+
+
+def _new(kind, api: str, client_name: str):
+    try:
+        return kind(API_NAMES[api], name=client_name)
+    except rtmidi.RtMidiError as exc:
+        raise MidiUnavailable(_explain(api, str(exc))) from None
+
+
+def _explain(api: str, error: str) -> str:
+    if api == "jack":
+        return ("no JACK server is running; start one (jackd -d alsa / qjackctl) or use --midi-api alsa "
+                f"({error.strip()})")
+    if api == "alsa":
+        return f"the ALSA sequencer refused a client ({error.strip()}); use --midi-api jack or none"
+    return f"CoreMIDI refused a client ({error.strip()}); use --midi-api none"
+
+
+def _check_backend(api: str) -> None:
+    if API_NAMES[api] not in rtmidi.get_compiled_api():
+        what = {"alsa": "ALSA", "jack": "JACK", "coremidi": "CoreMIDI"}[api]
+        raise MidiUnavailable(f"this Python's python-rtmidi has no {what} support; "
+                              f"use --midi-api {default_api() if api != default_api() else 'none'} or none")
+    if api == "alsa" and not os.path.exists("/dev/snd/seq"):
+        raise MidiUnavailable("ALSA sequencer not available (/dev/snd/seq missing; modprobe snd-seq); "
+                              "use --midi-api jack or none")
+    if api == "jack":
+        os.environ.setdefault("JACK_NO_START_SERVER", "1")  # never start a server behind the user's back
+
+
+def _match(short: str, candidates: set[str], api: str) -> str:
+    """The one backend name among the new ports that is this port's."""
+    if api == "jack":
+        found = [c for c in candidates if c.split(":", 1)[-1] == short]
+    elif api == "alsa":  # 'client:port client_id:port_id'
+        found = [c for c in candidates if re.fullmatch(rf".*:{re.escape(short)} \d+:\d+", c)]
+    else:
+        found = [c for c in candidates if c == short or c.endswith(" " + short) or c.endswith(":" + short)]
+    return found[0] if len(found) == 1 else short
+
+
+# ---------------------------------------------------------------------- JACK watch
+
+_MESSAGE = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
+_SHUTDOWN = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_JACK_NO_START_SERVER = 0x01
+_libjack_cache: list = []
+
+
+def _to_debug(message: bytes) -> None:
+    log.debug("jack: %s", message.decode(errors="replace"))
+
+
+_quiet = _MESSAGE(_to_debug)  # kept alive for the life of the process
+
+
+def _libjack():
+    """The libjack python-rtmidi itself uses (its wheel carries one), quietened; None
+    where none can be loaded (then JACK speaks on stderr and nothing watches the server)."""
+    if _libjack_cache:
+        return _libjack_cache[0]
+    candidates = []
+    try:
+        with open("/proc/self/maps") as maps:  # the copy already loaded with rtmidi's module
+            candidates += sorted({line.split()[-1] for line in maps if "libjack" in line and "/" in line})
+    except OSError:
+        pass
+    package = os.path.dirname(os.path.dirname(rtmidi.__file__))
+    candidates += glob.glob(os.path.join(package, "python_rtmidi*", "libjack*"))
+    candidates += glob.glob(os.path.join(os.path.dirname(rtmidi.__file__), ".dylibs", "libjack*"))
+    system = ctypes.util.find_library("jack")
+    if system:
+        candidates.append(system)
+    lib = None
+    for path in candidates:
+        try:
+            lib = ctypes.CDLL(path)
+            break
+        except OSError:
+            continue
+    if lib is not None:
+        try:
+            lib.jack_client_open.restype = ctypes.c_void_p
+            lib.jack_client_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
+            lib.jack_on_shutdown.argtypes = [ctypes.c_void_p, _SHUTDOWN, ctypes.c_void_p]
+            lib.jack_client_close.argtypes = [ctypes.c_void_p]
+            lib.jack_set_error_function.argtypes = [_MESSAGE]
+            lib.jack_set_info_function.argtypes = [_MESSAGE]
+            lib.jack_set_error_function(_quiet)
+            lib.jack_set_info_function(_quiet)
+        except AttributeError:
+            lib = None
+    _libjack_cache.append(lib)
+    return lib
+
+
+class _JackWatch:
+    """A JACK client with no ports whose shutdown callback reports the server's end."""
+
+    def __init__(self, lib, client: int, on_gone: Callable[[], None]) -> None:
+        self._lib = lib
+        self._client = client
+        self._on_gone = on_gone
+        self._gone = False
+        self._callback = _SHUTDOWN(self._shutdown)  # referenced as long as the client lives
+        lib.jack_on_shutdown(client, self._callback, None)
+
+    @classmethod
+    def open(cls, name: str, on_gone: Callable[[], None]) -> "_JackWatch | None":
+        lib = _libjack()
+        if lib is None:
+            return None  # rtmidi's own attempt reports a missing server
+        status = ctypes.c_int(0)
+        client = lib.jack_client_open(name.encode(), _JACK_NO_START_SERVER, ctypes.byref(status))
+        if not client:
+            server = os.environ.get("JACK_DEFAULT_SERVER", "default")
+            raise MidiUnavailable(f"no JACK server is running (server '{server}'); start one "
+                                  "(jackd -d alsa / qjackctl) or use --midi-api alsa")
+        return cls(lib, client, on_gone)
+
+    def _shutdown(self, _arg) -> None:
+        self._gone = True
+        try:
+            self._on_gone()
+        except Exception:  # never raise into JACK's thread
+            pass
+
+    def close(self) -> None:
+        if self._client:
+            if not self._gone:
+                self._lib.jack_client_close(self._client)
+            self._client = 0

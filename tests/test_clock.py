@@ -1,0 +1,136 @@
+"""The host's clock (bridge/clock.py) from synthetic tick times: no threads, no sleeping."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from backline.bridge.clock import (CLOCK, CONTINUE, SONG_POSITION, START, STOP, Clock, MidiClockFollower,
+                                   fit_ticks)
+
+T0 = 1000.0
+
+
+class Fed:
+    """A Clock driven by a MidiClockFollower, with its events recorded."""
+
+    def __init__(self, tempo: float = 100.0) -> None:
+        self.clock = Clock(tempo=tempo, now=lambda: T0)
+        self.follower = MidiClockFollower(self.clock)
+        self.events = []
+        self.clock.add_listener(lambda e: self.events.append((e.kind, round(e.beat, 6))))
+
+    def ticks(self, n: int, bpm: float, t: float, jitter_s: float = 0.0, seed: int = 0) -> float:
+        """n ticks at `bpm` from time t; returns the time the next tick would come."""
+        rng = np.random.default_rng(seed)
+        spacing = 60.0 / (bpm * 24)
+        for i in range(n):
+            self.follower.feed([CLOCK], t + i * spacing + rng.uniform(-jitter_s, jitter_s))
+        return t + n * spacing
+
+
+def test_internal_clock_maps_beats_and_times_both_ways():
+    clock = Clock(tempo=120, now=lambda: T0)
+    assert not clock.playing and clock.time_at(4.0) == math.inf
+    clock.start(0.0, t=T0)
+    assert clock.beat_at(T0 + 1.0) == pytest.approx(2.0)
+    assert clock.time_at(8.0) == pytest.approx(T0 + 4.0)
+    clock.set_tempo(60, t=T0 + 1.0)  # the position at the change stays
+    assert clock.beat_at(T0 + 1.0) == pytest.approx(2.0)
+    assert clock.time_at(4.0) == pytest.approx(T0 + 3.0)
+    clock.stop(t=T0 + 2.0)
+    assert clock.beat_at(T0 + 50) == pytest.approx(3.0) and clock.time_at(5.0) == math.inf
+    clock.resume(t=T0 + 10.0)
+    assert clock.beat_at(T0 + 11.0) == pytest.approx(4.0)
+    clock.locate(16.0, t=T0 + 12.0)
+    assert clock.beat_at(T0 + 13.0) == pytest.approx(17.0)
+    with pytest.raises(ValueError):
+        clock.set_tempo(0)
+
+
+def test_perfect_ticks_give_the_exact_tempo_and_phase():
+    fed = Fed(tempo=100)
+    fed.follower.feed([START], T0 - 0.005)
+    fed.ticks(48, 137.0, T0)
+    assert fed.clock.playing
+    assert fed.clock.tempo == pytest.approx(137.0, abs=1e-6)
+    assert fed.clock.time_at(0.0) == pytest.approx(T0, abs=1e-9)  # beat 0 = the first tick after Start
+    assert fed.clock.time_at(10.0) == pytest.approx(T0 + 10 * 60 / 137, abs=1e-9)
+    assert fed.events[0] == ("start", 0.0) and {k for k, _ in fed.events[1:]} <= {"tempo"}
+
+
+def test_jitter_of_two_ms_does_not_move_due_times():
+    fed = Fed(tempo=120)
+    fed.follower.feed([START], T0)
+    end = fed.ticks(96, 120.0, T0, jitter_s=0.002, seed=1)
+    assert fed.clock.tempo == pytest.approx(120.0, rel=0.003)
+    # A beat one beat ahead of the last tick is due within a millisecond of the truth.
+    beat = 96 / 24 + 1
+    assert abs(fed.clock.time_at(beat) - (T0 + beat * 0.5)) < 0.001
+    assert end == pytest.approx(T0 + 2.0)
+
+
+def test_an_outlier_tick_is_rejected():
+    fed = Fed(tempo=120)
+    fed.follower.feed([START], T0)
+    spacing = 0.5 / 24
+    for i in range(47):
+        late = 0.012 if i == 40 else 0.0  # one tick delayed 12 ms by a busy machine
+        fed.follower.feed([CLOCK], T0 + i * spacing + late)
+    assert fed.follower.fit.used == 46
+    assert fed.clock.tempo == pytest.approx(120.0, rel=1e-6)
+
+
+def test_a_tempo_change_is_followed_within_a_few_ticks():
+    fed = Fed(tempo=120)
+    fed.follower.feed([START], T0)
+    t = fed.ticks(48, 120.0, T0)
+    # The tempo jumps to 90: the ticks from index 48 on come further apart.
+    spacing = 60 / (90 * 24)
+    for i in range(12):
+        fed.follower.feed([CLOCK], t + i * spacing)
+    assert fed.clock.tempo == pytest.approx(90.0, rel=1e-6)
+    last = t + 11 * spacing
+    assert fed.clock.time_at((48 + 11) / 24) == pytest.approx(last, abs=1e-6)
+
+
+def test_stop_song_position_and_continue():
+    fed = Fed(tempo=120)
+    fed.follower.feed([START], T0)
+    t = fed.ticks(30, 120.0, T0)  # ticks 0..29: the next would be tick 30 = beat 1.25
+    fed.follower.feed([STOP], t - 0.001)
+    assert not fed.clock.playing
+    assert fed.clock.beat_at(t + 5) == pytest.approx(30 / 24)
+    # Song Position 36 sixteenths = beat 9 (LSB first, 7 bits each).
+    fed.follower.feed([SONG_POSITION, 36, 0], t + 1)
+    assert fed.clock.beat_at(t + 2) == pytest.approx(9.0)
+    fed.follower.feed([CONTINUE], t + 3)
+    assert not fed.clock.playing  # the next tick is the position
+    fed.ticks(10, 120.0, t + 3.01)
+    assert fed.clock.playing
+    assert fed.clock.time_at(9.0) == pytest.approx(t + 3.01, abs=1e-6)
+    kinds = [k for k, _ in fed.events if k != "tempo"]
+    assert kinds == ["start", "stop", "locate", "continue"]
+    assert ("locate", 9.0) in fed.events and ("stop", 1.25) in fed.events
+
+
+def test_ticks_while_stopped_only_set_the_tempo():
+    fed = Fed(tempo=120)
+    fed.ticks(48, 150.0, T0)
+    assert not fed.clock.playing
+    assert fed.clock.tempo == pytest.approx(150.0)
+    assert fed.clock.time_at(0.0) == math.inf
+
+
+def test_fit_ticks_needs_three_ticks_and_a_positive_slope():
+    assert fit_ticks(np.array([0.0, 1.0]), np.array([0.0, 0.1]), 0.002) is None
+    fit = fit_ticks(np.arange(5.0), np.arange(5.0) * 0.02 + 3.0, 0.002)
+    assert fit.bpm == pytest.approx(125.0) and fit.time_at_last == pytest.approx(3.08)
+
+
+def test_non_clock_messages_are_not_taken():
+    fed = Fed()
+    assert not fed.follower.feed([0x90, 60, 100], T0)
+    assert not fed.follower.feed([], T0)
