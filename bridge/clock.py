@@ -247,7 +247,16 @@ class MidiClockFollower:
     is the newest tick. A tick further than `jump_fraction` of a tick interval from the
     line counts as a miss; `jump_run` misses in a row on the same side mean the tempo
     changed, and the fit restarts from those ticks.
+
+    Lost ticks: MIDI clock carries no position, so a tick the MIDI layer drops (python-
+    rtmidi's JACK input does, rarely, under load) would shift every later beat by 1/24.
+    A tick that comes a whole number of intervals (2 to `MAX_LOST + 1`) after the one
+    before is held back for one tick: if the next interval is normal, ticks were lost and
+    the held tick takes its rightful index; if it is long too, the tempo dropped and both
+    go in as they came, for the tempo-change rule above.
     """
+
+    MAX_LOST = 3
 
     def __init__(self, clock: Clock, window: int = 48, min_ticks: int = 6,
                  jump_fraction: float = 0.25, jump_run: int = 3) -> None:
@@ -265,6 +274,8 @@ class MidiClockFollower:
         self._after_jump = False  # the old tempo is known wrong: fit from 3 ticks on
         self.last_heard = -math.inf
         self.fit: TempoFit | None = None
+        self._held: tuple[int, float, int] | None = None  # (index, time, intervals) after a gap
+        self.lost_ticks = 0
 
     def feed(self, message: list[int] | tuple[int, ...] | bytes, t: float) -> bool:
         """One MIDI message that arrived at monotonic time `t`; False if it is not clock."""
@@ -303,6 +314,10 @@ class MidiClockFollower:
         # a tick
         index = self._position
         self._position += 1
+        if self._running and self._pending is None:
+            index = self._recover_lost(index, t)
+            if index is None:
+                return None  # held back for one tick; the clock runs on its current line
         self._add_tick(index, t)
         if not self._running:
             fit = self.fit
@@ -319,7 +334,37 @@ class MidiClockFollower:
         beat = fit.last_index / TICKS_PER_BEAT
         return lambda: clock.follow(beat, fit.time_at_last, fit.bpm)
 
+    def _intervals_since_last(self, t: float) -> tuple[int, float] | None:
+        """How many tick intervals `t` lies after the newest tick, and how far from a whole
+        number (as a fraction of an interval); None without an established tempo."""
+        if self.fit is None or not self._ticks:
+            return None
+        spacing = self.fit.seconds_per_tick
+        count = (t - self._ticks[-1][1]) / spacing
+        return round(count), abs(count - round(count))
+
+    def _recover_lost(self, index: int, t: float) -> int | None:
+        """The index this tick really has; None to hold it back (see the class doc)."""
+        held, self._held = self._held, None
+        if held is not None:
+            held_index, held_t, intervals = held
+            since = (t - held_t) / self.fit.seconds_per_tick if self.fit else 1.0
+            if round(since) == 1 and abs(since - 1) <= self.jump_fraction:
+                lost = intervals - 1  # a normal interval after the gap: ticks were lost
+                self.lost_ticks += lost
+                self._position += lost
+                self._add_tick(held_index + lost, held_t)
+                return index + lost
+            self._add_tick(held_index, held_t)  # a slower tempo: both go in as they came
+            return index
+        gap = self._intervals_since_last(t)
+        if gap is not None and 2 <= gap[0] <= self.MAX_LOST + 1 and gap[1] <= self.jump_fraction:
+            self._held = (index, t, gap[0])
+            return None
+        return index
+
     def _reset(self) -> None:
+        self._held = None
         self._after_jump = False
         self._ticks.clear()
         self._misses.clear()

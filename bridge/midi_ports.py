@@ -191,6 +191,13 @@ class MidiPorts:
         return self._healthy and not self._closed
 
     @property
+    def output_latency_s(self) -> float:
+        """How long after `send` a message sounds at the port: one period on JACK (which
+        writes it at the start of the next process cycle), about nothing elsewhere. The
+        player sends this much early so that notes sound on their beat."""
+        return self._watch.period_s if self._watch is not None else 0.0
+
+    @property
     def channels(self) -> list[int]:
         """The channels that have a port, in track order."""
         return list(self._route)
@@ -390,6 +397,10 @@ def _libjack():
             lib.jack_client_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
             lib.jack_on_shutdown.argtypes = [ctypes.c_void_p, _SHUTDOWN, ctypes.c_void_p]
             lib.jack_client_close.argtypes = [ctypes.c_void_p]
+            lib.jack_get_buffer_size.restype = ctypes.c_uint32
+            lib.jack_get_buffer_size.argtypes = [ctypes.c_void_p]
+            lib.jack_get_sample_rate.restype = ctypes.c_uint32
+            lib.jack_get_sample_rate.argtypes = [ctypes.c_void_p]
             lib.jack_set_error_function.argtypes = [_MESSAGE]
             lib.jack_set_info_function.argtypes = [_MESSAGE]
             lib.jack_set_error_function(_quiet)
@@ -423,6 +434,14 @@ class _JackWatch:
             raise MidiUnavailable(f"no JACK server is running (server '{server}'); start one "
                                   "(jackd -d alsa / qjackctl) or use --midi-api alsa")
         return cls(lib, client, on_gone)
+
+    @property
+    def period_s(self) -> float:
+        """The server's period: JACK plays what a client sends at the next period's start."""
+        if not self._client or self._gone:
+            return 0.0
+        rate = self._lib.jack_get_sample_rate(self._client)
+        return self._lib.jack_get_buffer_size(self._client) / rate if rate else 0.0
 
     def _shutdown(self, _arg) -> None:
         self._gone = True

@@ -84,6 +84,8 @@ class Scheduler:
     def __init__(self, clock: Clock, ports: Ports | None) -> None:
         self.clock = clock
         self.ports = ports
+        # Sent this much before the beat, so that it sounds on it (see MidiPorts).
+        self.lead_s = float(getattr(ports, "output_latency_s", 0.0) or 0.0)
         self._cond = threading.Condition()
         self._heap: list[_Event] = []
         self._seq = itertools.count()
@@ -190,7 +192,7 @@ class Scheduler:
                     self._wait(None)
                     continue
                 head = self._heap[0]
-                due = self.clock.time_at(head.beat)
+                due = self.clock.time_at(head.beat) - self.lead_s
                 wait = due - time.monotonic()
                 if wait > SPIN_S:
                     self._wait(min(wait - SPIN_S, MAX_WAIT_S) if math.isfinite(wait) else MAX_WAIT_S)
@@ -199,7 +201,7 @@ class Scheduler:
             while time.monotonic() < due:
                 time.sleep(0)
             with self._cond:
-                if not self._heap or self._heap[0] is not head or self.clock.time_at(head.beat) > due + 1e-4:
+                if not self._heap or self._heap[0] is not head or self.clock.time_at(head.beat) - self.lead_s > due + 1e-4:
                     continue  # something came first, or the clock moved: look again
                 heapq.heappop(self._heap)
                 self._fire(head, due)

@@ -134,3 +134,29 @@ def test_non_clock_messages_are_not_taken():
     fed = Fed()
     assert not fed.follower.feed([0x90, 60, 100], T0)
     assert not fed.follower.feed([], T0)
+
+
+def test_a_lost_tick_does_not_shift_the_beat():
+    """A tick dropped on the way (a MIDI layer under load) must not move later beats by 1/24."""
+    fed = Fed(tempo=120)
+    fed.follower.feed([START], T0)
+    spacing = 0.5 / 24
+    for i in range(96):
+        if i in (40, 70, 71):  # one tick lost, later two in a row
+            continue
+        fed.follower.feed([CLOCK], T0 + i * spacing)
+    assert fed.follower.lost_ticks == 3
+    assert fed.clock.tempo == pytest.approx(120.0, rel=1e-6)
+    assert fed.clock.time_at(5.0) == pytest.approx(T0 + 2.5, abs=1e-6)
+
+
+def test_a_sudden_halving_of_the_tempo_is_not_taken_for_lost_ticks():
+    fed = Fed(tempo=120)
+    fed.follower.feed([START], T0)
+    t = fed.ticks(48, 120.0, T0)
+    spacing = 60 / (60 * 24)  # 60 BPM: every interval is two of the old ones
+    for i in range(12):
+        fed.follower.feed([CLOCK], t + i * spacing)
+    assert fed.follower.lost_ticks == 0
+    assert fed.clock.tempo == pytest.approx(60.0, rel=1e-6)
+    assert fed.clock.time_at((48 + 11) / 24) == pytest.approx(t + 11 * spacing, abs=1e-6)

@@ -167,6 +167,22 @@ def test_scheduler_follows_a_tempo_change_while_waiting():
         player.close()
 
 
+def test_scheduler_sends_early_by_the_ports_output_latency():
+    """JACK plays what is sent at the next period's start: the player sends that much early."""
+    clock = Clock(tempo=600.0)  # a beat is 0.1 s
+    ports = FakePorts()
+    ports.output_latency_s = 0.03
+    player = Scheduler(clock, ports)
+    try:
+        clock.start(0.0)
+        player.add([ScheduledNote(1, 60, 2.0, 2.5)])
+        wait_until(lambda: ports.note_ons())
+        t, _, _ = ports.note_ons()[0]
+        assert abs(t - (clock.time_at(2.0) - 0.03)) < 0.005
+    finally:
+        player.close()
+
+
 def test_scheduler_ties_a_note_on_and_ends_the_old_model_at_the_bar():
     clock = Clock(tempo=600.0)
     ports = FakePorts()
