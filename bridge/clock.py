@@ -253,7 +253,10 @@ class MidiClockFollower:
     A tick that comes a whole number of intervals (2 to `MAX_LOST + 1`) after the one
     before is held back for one tick: if the next interval is normal, ticks were lost and
     the held tick takes its rightful index; if it is long too, the tempo dropped and both
-    go in as they came, for the tempo-change rule above.
+    go in as they came, for the tempo-change rule above. Ticks lost right after Start,
+    before any tempo is known, show once the first fit exists: Start comes with (or just
+    before) beat 0's tick, so a fitted beat 0 that lies k whole intervals after the Start
+    message means the first k ticks were lost, and every index moves up by k.
     """
 
     MAX_LOST = 3
@@ -275,6 +278,7 @@ class MidiClockFollower:
         self.last_heard = -math.inf
         self.fit: TempoFit | None = None
         self._held: tuple[int, float, int] | None = None  # (index, time, intervals) after a gap
+        self._start_time: float | None = None  # the Start message, until the first fit checks it
         self.lost_ticks = 0
 
     def feed(self, message: list[int] | tuple[int, ...] | bytes, t: float) -> bool:
@@ -294,6 +298,7 @@ class MidiClockFollower:
         if status == START:
             self._position, self._pending, self._running = 0, "start", True
             self._reset()
+            self._start_time = t
             return None
         if status == CONTINUE:
             self._pending, self._running = "continue", True
@@ -319,6 +324,7 @@ class MidiClockFollower:
             if index is None:
                 return None  # held back for one tick; the clock runs on its current line
         self._add_tick(index, t)
+        self._check_start()
         if not self._running:
             fit = self.fit
             return None if fit is None else (lambda: clock.follow(0.0, t, fit.bpm))
@@ -363,8 +369,27 @@ class MidiClockFollower:
             return None
         return index
 
+    def _check_start(self) -> None:
+        """Once the first fit after Start exists, recover ticks lost before it (class doc)."""
+        if self._start_time is None or self.fit is None:
+            return
+        start, self._start_time = self._start_time, None
+        fit = self.fit
+        beat0 = fit.time_at_last - fit.last_index * fit.seconds_per_tick
+        count = (beat0 - start) / fit.seconds_per_tick
+        lost = round(count)
+        if not 1 <= lost <= self.MAX_LOST or abs(count - lost) > self.jump_fraction:
+            return
+        self.lost_ticks += lost
+        self._position += lost
+        shifted = [(index + lost, at) for index, at in self._ticks]
+        self._ticks.clear()
+        self._ticks.extend(shifted)
+        self.fit = TempoFit(fit.seconds_per_tick, fit.time_at_last, fit.last_index + lost, fit.used)
+
     def _reset(self) -> None:
         self._held = None
+        self._start_time = None
         self._after_jump = False
         self._ticks.clear()
         self._misses.clear()

@@ -160,3 +160,27 @@ def test_a_sudden_halving_of_the_tempo_is_not_taken_for_lost_ticks():
     assert fed.follower.lost_ticks == 0
     assert fed.clock.tempo == pytest.approx(60.0, rel=1e-6)
     assert fed.clock.time_at((48 + 11) / 24) == pytest.approx(t + 11 * spacing, abs=1e-6)
+
+
+def test_ticks_lost_right_after_start_are_recovered():
+    """Start comes with beat 0's tick; when the first two ticks never arrive, the first tick
+    heard is beat 2/24, not beat 0."""
+    fed = Fed(tempo=100)
+    spacing = 0.5 / 24  # 120 BPM
+    fed.follower.feed([START], T0)
+    for i in range(2, 60):
+        fed.follower.feed([CLOCK], T0 + i * spacing)
+    assert fed.follower.lost_ticks == 2
+    assert fed.clock.tempo == pytest.approx(120.0, rel=1e-6)
+    assert fed.clock.time_at(4.0) == pytest.approx(T0 + 2.0, abs=1e-6)
+
+
+def test_a_first_tick_half_an_interval_after_start_is_beat_zero():
+    """Not a whole number of intervals after Start: nothing was lost."""
+    fed = Fed(tempo=100)
+    spacing = 0.5 / 24
+    fed.follower.feed([START], T0 - 0.5 * spacing)
+    for i in range(60):
+        fed.follower.feed([CLOCK], T0 + i * spacing)
+    assert fed.follower.lost_ticks == 0
+    assert fed.clock.time_at(4.0) == pytest.approx(T0 + 2.0, abs=1e-6)
