@@ -31,13 +31,14 @@ def cmd_accompany(args: argparse.Namespace) -> int:
     from backline.models import registry
     from backline.models.accompaniment import accompany
     from backline.models.midi import pick_melody_track, read_midi, write_midi
+    from backline.models.spec import TrackSpec
 
     score = read_midi(args.melody)
     melody = pick_melody_track(score, args.track)
     generator = registry.load(args.model, device=args.device)
     result = accompany(generator, melody.notes, seed=args.seed, threshold=args.threshold, sample=args.sample)
     spec = generator.spec
-    melody_spec = spec.melody.__class__(melody.name, melody.program, spec.melody.channel)
+    melody_spec = TrackSpec(melody.name, melody.program, spec.melody.channel)
     try:
         write_midi(
             args.output, (melody_spec, melody.notes), result.tracks,

@@ -124,17 +124,12 @@ def monophonic_tracks(frames: np.ndarray) -> list[bool]:
     return out
 
 
-def melody_range(frames: np.ndarray, lowest_pitch: int) -> tuple[int, int]:
-    used = np.flatnonzero(frames[:, 0].any(axis=(0, 1)))
-    return int(used.min()) + lowest_pitch, int(used.max()) + lowest_pitch
-
-
 def build_spec(config: TrainConfig, train: ChoraleDataset, **extra) -> GeneratorSpec:
     return bach_spec(
         config.net,
         lowest_pitch=train.lowest_pitch,
         monophonic=monophonic_tracks(train.frames),
-        melody_range=melody_range(train.frames, train.lowest_pitch),
+        melody_range=train.melody_range,
         **extra,
     )
 
@@ -201,7 +196,7 @@ def train(
         json.dumps({"train": real_train, "validation": real_val}, indent=2, sort_keys=True)
     )
 
-    from .plots import write_sample  # matplotlib loads only when training
+    from .plots import plot_history, write_sample  # matplotlib loads only when training
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(out / "tensorboard"))
@@ -318,8 +313,8 @@ def train(
                 "data": {
                     "dataset": "music21 Bach chorales (bundled corpus), key-normalised",
                     "lowest_pitch": train_set.lowest_pitch,
-                    "monophonic": monophonic_tracks(train_set.frames),
-                    "melody_range": melody_range(train_set.frames, train_set.lowest_pitch),
+                    "monophonic": [t.monophonic for t in spec.tracks],
+                    "melody_range": spec.melody_range,
                     "train_windows": int(n),
                     "validation_windows": int(val_set.frames.shape[0]),
                     "reference_metrics": {"train": real_train, "validation": real_val},
@@ -329,8 +324,6 @@ def train(
             }
             save_checkpoint(state, ckpt_path)
             write_sample(generator, spec, val_set, out / "samples" / f"epoch-{epoch + 1:03d}", seed=config.seed)
-            from .plots import plot_history
-
             plot_history(history, real_train, out / "losses.png")
         if over_budget:
             bar.write(f"time budget of {config.time_budget_s:.0f} s reached after epoch {epoch + 1}")
