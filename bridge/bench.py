@@ -1,16 +1,30 @@
-"""`backline bench`: how long a clip takes, measured side by side in one run.
+"""`backline bench`: how long a clip takes and how many clips the bridge serves, measured
+side by side in one run. Each part is a function that returns a dict of figures plus a
+formatter for its lines of the table (PARTS); `--parts` picks them, `--json` saves them all.
 
-1. the bare model call: `accompany()` (the generator's ONNX Runtime run plus decoding)
-   and the trimming the bridge does, in this process, for a 4-bar clip: the first 16
-   beats of models/examples/ode-to-joy.mid;
-2. the same clip's round trip over loopback: a `backline serve` subprocess on a free port,
-   and a separate client process (`python -m backline.bridge.bench --client ...`) that
-   sends the clip N times, one after the other, timing the send of /backline/clip/begin to
-   the receipt of /backline/accomp/end; and the ratio round trip / bare call;
-3. live mode's timing, from backline.bridge.bench_live.measure_live_timing when that
-   module and a JACK server are there.
+latency   1. the bare model call: `accompany()` (the generator's ONNX Runtime run plus
+             decoding) and the trimming the bridge does, in this process, for a 4-bar clip:
+             the first 16 beats of models/examples/ode-to-joy.mid;
+          2. the same clip's round trip over loopback from one client process
+             (`python -m backline.bridge.bench --client ...`), timing the send of
+             /backline/clip/begin to the receipt of /backline/accomp/end, against two
+             `backline serve` subprocesses running side by side, one batching (the
+             defaults) and one not (--max-batch 1), the client timing all its clips on one
+             and then on the other; and the ratios round trip / bare call and on / off.
+clients   the round trip with 1, 4, 16, 64 concurrent client PROCESSES against one server,
+          each sending the clip over and over, closed loop (the next clip only after the
+          reply): p50/p99/max, throughput (completed clips/s) and every clip accounted for
+          (sent = replies + errors + busy + lost). The clients are started once, wait until
+          all are ready, and are released together for each level; they import python-osc
+          and numpy only.
+inference ONNX Runtime vs PyTorch eager on the same generator (PyTorch rebuilt from the ONNX
+          weights), batch 1 and 32, side by side, as a ratio (bridge/bench_inference.py);
+training  training windows per second with the real training steps
+          (backline.training.throughput); on a GPU with --device cuda;
+live      live mode's timing, from backline.bridge.bench_live.measure_live_timing when that
+          module and a JACK server are there.
 
-Figures only (p50/p99/max): nothing here passes or fails on speed (DESIGN.md §7).
+Figures only (p50/p99/max, clips/s): nothing here passes or fails on speed (DESIGN.md §7).
 """
 
 from __future__ import annotations
@@ -22,13 +36,15 @@ import json
 import os
 import platform
 import re
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -38,6 +54,10 @@ from backline.models.notes import Note
 CLIP_BEATS = 16.0
 WARMUP_RUNS = 5
 SERVE_START_S = 120.0
+CLIENTS_READY_S = 180.0  # 64 Python processes starting on two busy cores take a while
+REPLY_TIMEOUT_S = 10.0
+LEVEL_WARMUP_S = 0.5  # clips in the first half second of a level are counted, not timed
+BATCHING_OFF = ("--max-batch", "1")
 
 
 def clip_melody() -> list[Note]:
@@ -53,11 +73,13 @@ def clip_melody() -> list[Note]:
 
 def percentiles(times_ms: Sequence[float]) -> dict[str, float]:
     values = np.asarray(times_ms, dtype=float)
+    if not values.size:
+        return {"runs": 0}
     return {"p50": float(np.percentile(values, 50)), "p99": float(np.percentile(values, 99)),
             "max": float(values.max()), "runs": int(values.size)}
 
 
-# --------------------------------------------------------------------------- 1. bare call
+# --------------------------------------------------------------------------- the bare call
 
 
 def bare_call(model: str, device: str, notes: list[Note], runs: int) -> tuple[dict[str, float], str, str]:
@@ -83,17 +105,17 @@ def bare_call(model: str, device: str, notes: list[Note], runs: int) -> tuple[di
     return percentiles(times), generator.spec.name, generator.provider
 
 
-# --------------------------------------------------------------------------- 2. round trip
+# --------------------------------------------------------------------------- serve
 
 
 class _Serve:
     """`backline serve` on a port the OS picks, stopped with SIGTERM."""
 
-    def __init__(self, model: str, device: str) -> None:
+    def __init__(self, model: str, device: str, *extra: str) -> None:
         self.log = tempfile.NamedTemporaryFile("w+", prefix="backline-bench-serve-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "backline.bridge.cli", "serve", "--model", model, "--osc-port", "0",
-             "--device", device, *_quiet_serve_options()],
+             "--device", device, *_quiet_serve_options(), *extra],
             stdout=subprocess.PIPE, stderr=self.log, text=True,
         )
         banner: list[str] = []
@@ -127,68 +149,362 @@ class _Serve:
 def _quiet_serve_options() -> list[str]:
     """Serve with the clip path alone: no model watching, no MIDI ports, no live engine
     (each option only where this version of `serve` has it)."""
-    import argparse as _argparse
-
     from .cli import build_parser
 
-    subparsers = next(a for a in build_parser()._actions if isinstance(a, _argparse._SubParsersAction))
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     known = {o for a in subparsers.choices["serve"]._actions for o in a.option_strings}
     wanted = [("--no-reload",), ("--midi-api", "none"), ("--clock", "off")]
     return [word for option in wanted if option[0] in known for word in option]
 
 
-def round_trip(model: str, device: str, runs: int) -> dict[str, Any]:
-    """Serve in one process, the client in another; this process only starts them."""
-    serve = _Serve(model, device)
+class _Servers:
+    """Several servers at once, by mode ("on": the defaults, "off": batching off, ...), so
+    that every comparison between them is taken on the same machine at the same time."""
+
+    def __init__(self, model: str, device: str, modes: dict[str, Sequence[str]]) -> None:
+        self.serves: dict[str, _Serve] = {}
+        try:
+            for mode, extra in modes.items():
+                self.serves[mode] = _Serve(model, device, *extra)
+        except BaseException:
+            self.stop()
+            raise
+
+    def port(self, mode: str) -> int:
+        return self.serves[mode].port
+
+    def stop(self) -> None:
+        for serve in self.serves.values():
+            serve.stop()
+
+
+# --------------------------------------------------------------------------- the client side
+# Runs in the client processes: python-osc and numpy only (no model, no ONNX Runtime).
+
+
+class _ClipClient:
+    """One bound UDP socket sending the clip and reading its reply stream."""
+
+    def __init__(self, notes: Sequence[Note], host: str = "127.0.0.1") -> None:
+        self.notes = list(notes)
+        self.host = host
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self.sock.bind((host, 0))
+        self.count = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def ping(self, port: int, timeout: float = 2.0) -> None:
+        from . import protocol
+
+        ping_id = f"bench-ping-{os.getpid()}-{port}"
+        self.sock.sendto(protocol.message(protocol.PING, ping_id).dgram, (self.host, port))
+        if self._wait(ping_id, time.monotonic() + timeout, protocol.PONG) is None:
+            raise BacklineError(f"no Backline bridge answered at {self.host}:{port} within {timeout:g} s; "
+                                "start one with: backline serve")
+
+    def clip(self, port: int, timeout: float = REPLY_TIMEOUT_S) -> tuple[str, float]:
+        """Send the clip, wait for its stream; (outcome, round trip in ms). Outcomes: ok,
+        short (end came but notes were lost), busy, error (any other /backline/error), lost."""
+        from . import protocol
+
+        self.count += 1
+        clip_id = f"bench-{os.getpid()}-{self.count}"
+        datagrams = [protocol.message(protocol.CLIP_BEGIN, clip_id, CLIP_BEATS).dgram,
+                     *(m.dgram for m in protocol.notes_messages(protocol.CLIP_NOTES, (clip_id,), self.notes)),
+                     protocol.message(protocol.CLIP_END, clip_id).dgram]
+        started = time.perf_counter()
+        for data in datagrams:
+            self.sock.sendto(data, (self.host, port))
+        outcome = self._wait(clip_id, time.monotonic() + timeout)
+        return outcome or "lost", 1000 * (time.perf_counter() - started)
+
+    def _wait(self, wanted_id: str, deadline: float, until: str | None = None) -> str | None:
+        """Read replies for `wanted_id` until its stream ends (or `until` arrives); None at the deadline."""
+        from pythonosc.osc_message import OscMessage
+
+        from . import protocol
+
+        notes = 0
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65535)
+            except (socket.timeout, ConnectionError):
+                continue
+            try:
+                message = OscMessage(data)
+            except Exception:  # not a message of ours
+                continue
+            args = message.params
+            if not args or args[0] != wanted_id:
+                continue  # e.g. the rest of a clip that timed out before
+            if message.address == until:
+                return "ok"
+            if message.address == protocol.ACCOMP_NOTES:
+                notes += (len(args) - 2) // 5
+            elif message.address == protocol.ACCOMP_END:
+                return "ok" if args[1] == notes else "short"
+            elif message.address == protocol.ERROR:
+                return "busy" if args[1] == "busy" else "error"
+        return None
+
+
+def client_main(ports: Sequence[int], runs: int, notes: Sequence[Note] | None = None) -> dict[str, Any]:
+    """The single client: N clips one after the other, on each port in turn; times from
+    begin sent to end received, per port."""
+    client = _ClipClient(notes if notes is not None else clip_melody())
+    times: dict[int, list[float]] = {port: [] for port in ports}
+    failed: dict[int, int] = {port: 0 for port in ports}
     try:
-        client = subprocess.run(
-            [sys.executable, "-m", "backline.bridge.bench", "--client", "--port", str(serve.port),
-             "--runs", str(runs)],
-            capture_output=True, text=True, timeout=max(120, runs * 10),
-        )
+        for port in ports:
+            client.ping(port)
+        # One server after the other, not alternating: ONNX Runtime's threads spin for a
+        # moment after each run, and alternating made each server pay for the other's spin.
+        for port in ports:
+            for i in range(-WARMUP_RUNS, runs):
+                outcome, ms = client.clip(port)
+                if i < 0:
+                    continue
+                if outcome == "ok":
+                    times[port].append(ms)
+                else:
+                    failed[port] += 1
+    finally:
+        client.close()
+    return {"times_ms": {str(p): t for p, t in times.items()}, "failed": {str(p): n for p, n in failed.items()}}
+
+
+def worker_main(ports: Sequence[int], notes: Sequence[Note], commands=sys.stdin, out=sys.stdout) -> None:
+    """A concurrency client: says 'ready', then for each `run PORT T0 SECONDS` line sends
+    the clip closed loop from monotonic time T0 until T0 + LEVEL_WARMUP_S + SECONDS and
+    prints one JSON line: every clip's (outcome, start, end, round trip ms). `quit` ends."""
+    client = _ClipClient(notes)
+    try:
+        for port in ports:
+            client.ping(port)
+        print("ready", file=out, flush=True)
+        for line in commands:
+            words = line.split()
+            if not words or words[0] == "quit":
+                break
+            port, start, seconds = int(words[1]), float(words[2]), float(words[3])
+            time.sleep(max(0.0, start - time.monotonic()))
+            end = start + LEVEL_WARMUP_S + seconds
+            clips = []
+            while (sent := time.monotonic()) < end:
+                outcome, ms = client.clip(port)
+                clips.append((outcome, sent, time.monotonic(), ms))
+            print(json.dumps(clips), file=out, flush=True)
+    finally:
+        client.close()
+
+
+def _client_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "backline.bridge.bench", "--client", *args]
+
+
+def _notes_arg(notes: Sequence[Note]) -> str:
+    return json.dumps([list(n) for n in notes])
+
+
+# --------------------------------------------------------------------------- part: latency
+
+
+def measure_latency(args: argparse.Namespace) -> dict[str, Any]:
+    """The bare call, then the single-client round trip with batching on and off, side by side."""
+    notes = clip_melody()
+    bare, name, provider = bare_call(args.model, args.device, notes, args.runs)
+    result: dict[str, Any] = {"model": name, "provider": provider, "runs": args.runs,
+                              "clip": f"{len(notes)} notes, {CLIP_BEATS:g} beats (ode-to-joy)", "bare_call_ms": bare}
+    servers = _Servers(args.model, args.device, {"on": (), "off": BATCHING_OFF})
+    try:
+        ports = [servers.port("on"), servers.port("off")]
+        client = subprocess.run(_client_command("--ports", ",".join(map(str, ports)), "--runs", str(args.runs),
+                                                "--notes", _notes_arg(notes)),
+                                capture_output=True, text=True, timeout=max(120, args.runs * 20))
         if client.returncode != 0:
             last = (client.stderr.strip().splitlines() or ["no output"])[-1]
             raise BacklineError(f"the benchmark client failed: {last}")
         figures = json.loads(client.stdout)
     finally:
-        serve.stop()
-    result = percentiles(figures["times_ms"]) if figures["times_ms"] else {"runs": 0}
-    result["failed"] = figures["failed"]
+        servers.stop()
+    for key, port in (("round_trip_ms", ports[0]), ("round_trip_unbatched_ms", ports[1])):
+        result[key] = {**percentiles(figures["times_ms"][str(port)]), "failed": figures["failed"][str(port)]}
+    trip, off = result["round_trip_ms"], result["round_trip_unbatched_ms"]
+    if trip["runs"]:
+        result["ratio_round_trip_over_bare"] = {k: trip[k] / bare[k] for k in ("p50", "p99", "max")}
+    if trip["runs"] and off["runs"]:
+        result["ratio_batching_on_over_off"] = {k: trip[k] / off[k] for k in ("p50", "p99", "max")}
     return result
 
 
-def client_main(port: int, runs: int, host: str = "127.0.0.1", timeout: float = 10.0) -> dict[str, Any]:
-    """The client process: N clips one after the other; times from begin sent to end received."""
-    from . import protocol
-    from .send import BridgeClient
+def _row(label: str, figures: dict[str, float], unit: str = "ms") -> str:
+    return f"{label:<34s}" + "".join(f"{figures[k]:>10.2f}" for k in ("p50", "p99", "max")) + f"  {unit}"
 
-    notes = clip_melody()
-    client = BridgeClient(host, port)
-    times, failed = [], []
-    try:
-        client.ping()
-        for i in range(-WARMUP_RUNS, runs):
-            clip_id = f"bench-{os.getpid()}-{i}"
-            datagrams = [protocol.message(protocol.CLIP_BEGIN, clip_id, CLIP_BEATS).dgram,
-                         *(m.dgram for m in protocol.notes_messages(protocol.CLIP_NOTES, (clip_id,), notes)),
-                         protocol.message(protocol.CLIP_END, clip_id).dgram]
-            started = time.perf_counter()
-            for data in datagrams:
-                client.sock.sendto(data, client.server)
+
+def format_latency(latency: dict[str, Any]) -> list[str]:
+    lines = [f"{'':<34s}{'p50':>10s}{'p99':>10s}{'max':>10s}", _row("bare model call (accompany)", latency["bare_call_ms"])]
+    rows = (("round_trip_ms", "clip round trip (OSC, loopback)"), ("ratio_round_trip_over_bare", "ratio round trip / bare call"),
+            ("round_trip_unbatched_ms", "clip round trip, batching off"), ("ratio_batching_on_over_off", "ratio batching on / off"))
+    for key, label in rows:
+        if key in latency and latency[key].get("runs", 1):
+            lines.append(_row(label, latency[key], "x" if key.startswith("ratio") else "ms"))
+    for key, what in (("round_trip_ms", "round trip"), ("round_trip_unbatched_ms", "round trip, batching off")):
+        if latency[key]["failed"]:
+            lines.append(f"{what}: {latency[key]['failed']} of {latency['runs']} clips got no complete reply")
+    return lines
+
+
+# --------------------------------------------------------------------------- part: clients
+
+
+class _ClientPool:
+    """`count` client processes, started together and kept for every level."""
+
+    def __init__(self, count: int, ports: Sequence[int], notes: Sequence[Note]) -> None:
+        self.log = tempfile.TemporaryFile("w+")
+        command = _client_command("--worker", "--ports", ",".join(map(str, ports)), "--notes", _notes_arg(notes))
+        self.procs: list[subprocess.Popen] = []
+        try:
+            for _ in range(count):
+                self.procs.append(subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                                   stderr=self.log, text=True, bufsize=1))
+            deadline = time.monotonic() + CLIENTS_READY_S
+            for proc in self.procs:
+                if self._line(proc, deadline) != "ready":
+                    raise BacklineError(f"a benchmark client did not start: {self.errors()}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _line(self, proc: subprocess.Popen, deadline: float) -> str:
+        got: list[str] = []
+        reader = threading.Thread(target=lambda: got.append(proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(max(0.0, deadline - time.monotonic()))
+        return got[0].strip() if got else ""
+
+    def errors(self) -> str:
+        self.log.seek(0)
+        lines = self.log.read().strip().splitlines()
+        return lines[-1] if lines else "no output"
+
+    def run(self, clients: int, port: int, seconds: float) -> list[list]:
+        """Release the first `clients` together on `port`; every clip each of them sent."""
+        start = time.monotonic() + 0.2  # every client has its command by then
+        for proc in self.procs[:clients]:
+            proc.stdin.write(f"run {port} {start} {seconds}\n")
+            proc.stdin.flush()
+        deadline = start + LEVEL_WARMUP_S + seconds + REPLY_TIMEOUT_S + 30
+        clips = []
+        for proc in self.procs[:clients]:
+            line = self._line(proc, deadline)
+            if not line:
+                raise BacklineError(f"a benchmark client gave no figures: {self.errors()}")
+            clips.append([(outcome, sent - start, done - start, ms) for outcome, sent, done, ms in json.loads(line)])
+        return clips
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    proc.stdin.write("quit\n")
+                    proc.stdin.close()
+                except OSError:
+                    pass
+        for proc in self.procs:
             try:
-                client._collect(clip_id, time.monotonic() + timeout, timeout)
-            except BacklineError as exc:
-                if i >= 0:
-                    failed.append(str(exc))
-                continue
-            if i >= 0:
-                times.append(1000 * (time.perf_counter() - started))
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.log.close()
+
+
+def level_figures(clips_per_client: list[list], seconds: float) -> dict[str, Any]:
+    """One level's figures from every client's clips (times from the level's start):
+    every clip sent is counted once as a reply, error, busy, short or lost; round trips
+    and throughput are taken after the warm-up."""
+    clips = [clip for client in clips_per_client for clip in client]
+    counts = {kind: sum(1 for c in clips if c[0] == kind) for kind in ("ok", "error", "busy", "short", "lost")}
+    timed = [ms for outcome, sent, _, ms in clips if outcome == "ok" and sent >= LEVEL_WARMUP_S]
+    window_end = LEVEL_WARMUP_S + seconds
+    completed = sum(1 for outcome, _, done, _ in clips if outcome == "ok" and LEVEL_WARMUP_S <= done < window_end)
+    return {"clients": len(clips_per_client), "sent": len(clips), "replies": counts["ok"], "errors": counts["error"],
+            "busy": counts["busy"], "short": counts["short"], "lost": counts["lost"],
+            "round_trip_ms": percentiles(timed), "clips_per_s": completed / seconds}
+
+
+def client_modes(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
+    """The servers the concurrency levels run against: the defaults ("on"), batching off
+    unless --no-unbatched, and one per --compare-windows value ("wait N ms")."""
+    modes: dict[str, tuple[str, ...]] = {"on": ()}
+    if not args.no_unbatched:
+        modes["off"] = BATCHING_OFF
+    for ms in args.compare_windows or ():
+        modes[f"wait {ms:g}ms"] = ("--batch-window-ms", f"{ms:g}")
+    return modes
+
+
+def measure_clients(args: argparse.Namespace) -> dict[str, Any]:
+    """The concurrency sweep: each level against every server of client_modes, the levels
+    in turn, the servers one after the other within a level."""
+    levels = args.clients
+    modes = client_modes(args)
+    notes = clip_melody()
+    servers = _Servers(args.model, args.device, modes)
+    try:
+        pool = _ClientPool(max(levels), [servers.port(m) for m in modes], notes)
+        try:
+            results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+            for clients in levels:
+                for mode in modes:
+                    clips = pool.run(clients, servers.port(mode), args.level_seconds)
+                    results[mode].append(level_figures(clips, args.level_seconds))
+        finally:
+            pool.stop()
     finally:
-        client.close()
-    return {"times_ms": times, "failed": len(failed), "errors": failed[:3]}
+        servers.stop()
+    report: dict[str, Any] = {"levels": levels, "level_seconds": args.level_seconds, "warmup_s": LEVEL_WARMUP_S,
+                              "batching": results}
+    for mode, rows in results.items():
+        best = max(rows, key=lambda r: r["clips_per_s"])
+        report[f"saturation_{mode}"] = {"clips_per_s": best["clips_per_s"], "clients": best["clients"]}
+        by_level = {r["clients"]: r["clips_per_s"] for r in rows}
+        if 1 in by_level and 16 in by_level and by_level[1] > 0:
+            report[f"throughput_16_over_1_{mode}"] = by_level[16] / by_level[1]
+    return report
 
 
-# --------------------------------------------------------------------------- 3. live
+def format_clients(report: dict[str, Any]) -> list[str]:
+    lines = [f"concurrent clients (separate processes, closed loop, {report['level_seconds']:g} s per level after "
+             f"{report['warmup_s']:g} s warm-up; batching off = serve {' '.join(BATCHING_OFF)}, "
+             "wait N ms = serve --batch-window-ms N):",
+             f"{'clients':>7s}  {'batching':<10s}{'sent':>7s}{'replies':>8s}{'errors':>7s}{'busy':>6s}{'lost':>6s}"
+             f"{'p50':>9s}{'p99':>9s}{'max':>9s}{'clips/s':>9s}{'vs 1st':>8s}"]
+    firsts = {mode: rows[0]["clips_per_s"] for mode, rows in report["batching"].items()}
+    by_level = sorted(((r, mode) for mode, rows in report["batching"].items() for r in rows),
+                      key=lambda item: item[0]["clients"])  # stable: on before off within a level
+    for r, mode in by_level:
+        trip = r["round_trip_ms"]
+        times = "".join(f"{trip[k]:>9.2f}" for k in ("p50", "p99", "max")) if trip["runs"] else f"{'-':>9s}" * 3
+        ratio = f"{r['clips_per_s'] / firsts[mode]:>7.2f}x" if firsts[mode] > 0 else f"{'-':>8s}"
+        lines.append(f"{r['clients']:>7d}  {mode:<10s}{r['sent']:>7d}{r['replies']:>8d}{r['errors']:>7d}{r['busy']:>6d}"
+                     f"{r['lost'] + r['short']:>6d}{times}{r['clips_per_s']:>9.1f}{ratio}")
+    for mode in report["batching"]:
+        every = all(r["sent"] == r["replies"] for r in report["batching"][mode])
+        best = report[f"saturation_{mode}"]
+        ratio = report.get(f"throughput_16_over_1_{mode}")
+        lines.append(f"batching {mode}: every reply arrived: {'yes' if every else 'NO'}; throughput at saturation "
+                     f"{best['clips_per_s']:.1f} clips/s (the best level, {best['clients']} clients)"
+                     + (f"; 16 clients / 1 client {ratio:.2f}x" if ratio is not None else ""))
+    return lines
+
+
+# --------------------------------------------------------------------------- part: live
 
 
 def live_timing(seconds: float, tempo: float, model: str, device: str) -> dict[str, Any]:
@@ -213,11 +529,8 @@ def live_timing(seconds: float, tempo: float, model: str, device: str) -> dict[s
     return {"available": True, "seconds": seconds, "tempo": tempo, **dict(figures)}
 
 
-# --------------------------------------------------------------------------- the command
-
-
-def _row(label: str, figures: dict[str, float], unit: str = "ms") -> str:
-    return f"{label:<34s}" + "".join(f"{figures[k]:>10.2f}" for k in ("p50", "p99", "max")) + f"  {unit}"
+def measure_live(args: argparse.Namespace) -> dict[str, Any]:
+    return live_timing(args.seconds, args.tempo, args.model, args.device)
 
 
 def _format_live(live: dict[str, Any]) -> list[str]:
@@ -235,37 +548,116 @@ def _format_live(live: dict[str, Any]) -> list[str]:
     return lines
 
 
+# --------------------------------------------------------------------------- the command
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of the benchmark: figures as a dict, and its lines of the table."""
+
+    name: str
+    measure: Callable[[argparse.Namespace], dict[str, Any]]
+    format: Callable[[dict[str, Any]], list[str]]
+
+
+# --------------------------------------------------------------------------- inference and training
+
+
+def measure_inference(args: argparse.Namespace) -> dict[str, Any]:
+    """(a) ONNX Runtime vs PyTorch eager on the same generator, batch 1 and 32."""
+    from .bench_inference import RebuildError, compare_ort_torch
+
+    try:
+        return compare_ort_torch(args.model, device=args.device, runs=args.runs)
+    except RebuildError as exc:  # a model not built by training/networks.py has no PyTorch twin
+        return {"available": False, "reason": str(exc)}
+
+
+def format_inference(result: dict[str, Any]) -> list[str]:
+    from .bench_inference import format_comparison
+
+    return format_comparison(result)
+
+
+def training_device(device: str) -> str:
+    """The torch device for a `--device` string such as 'auto', 'cpu' or 'cuda:fp16'."""
+    kind = device.split(":")[0]
+    return {"tensorrt": "cuda"}.get(kind, kind)
+
+
+def measure_training(args: argparse.Namespace) -> dict[str, Any]:
+    """(d) training windows per second on this machine (the GPU's with --device cuda)."""
+    try:
+        from backline.training.throughput import measure_training_throughput
+    except ModuleNotFoundError as exc:  # the base install has no torch
+        return {"available": False, "reason": f"{exc.name} is not installed; run: pip install -e '.[train]'"}
+    result = measure_training_throughput(args.training_seconds, device=training_device(args.device))
+    return {"available": True, **result}
+
+
+def format_training(result: dict[str, Any]) -> list[str]:
+    if not result.get("available"):
+        return [f"training throughput: not available ({result.get('reason', 'unknown')})"]
+    from backline.training.throughput import format_training_throughput
+
+    return format_training_throughput(result)
+
+
+# A new part is one line here (and its measure/format functions). The order is the table's.
+PARTS = [
+    Part("inference", measure_inference, format_inference),
+    Part("latency", measure_latency, format_latency),
+    Part("clients", measure_clients, format_clients),
+    Part("training", measure_training, format_training),
+    Part("live", measure_live, _format_live),
+]
+
+
+def parse_clients(text: str) -> list[int]:
+    """'1,4,16,64' -> [1, 4, 16, 64] (argparse type)."""
+    try:
+        levels = [int(word) for word in text.split(",")]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1 or max(levels) > 256 or levels != sorted(set(levels)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of rising client counts 1..256, e.g. 1,4,16,64")
+    return levels
+
+
+def parse_parts(text: str) -> list[str]:
+    """'latency,clients' -> the parts to run (argparse type)."""
+    names = [word.strip() for word in text.split(",") if word.strip()]
+    known = [p.name for p in PARTS]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: give parts from {','.join(known)}, separated by commas")
+    return names
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.runs < 1:
         raise BacklineError("--runs must be at least 1")
-    notes = clip_melody()
+    if args.level_seconds <= 0:
+        raise BacklineError("--level-seconds must be more than 0, e.g. 4")
+    wanted = set(args.parts or [p.name for p in PARTS]) - ({"live"} if args.no_live else set())
     report: dict[str, Any] = {
         "date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-        "python": platform.python_version(), "clip": f"{len(notes)} notes, {CLIP_BEATS:g} beats (ode-to-joy)",
-        "runs": args.runs,
+        "python": platform.python_version(), "model": args.model, "runs": args.runs,
     }
-    bare, name, provider = bare_call(args.model, args.device, notes, args.runs)
-    report.update(model=name, provider=provider, bare_call_ms=bare)
-    trip = round_trip(args.model, args.device, args.runs)
-    report["round_trip_ms"] = trip
-    lines = [
-        f"backline bench: model {name} on {provider}; 4-bar clip ({report['clip']}); "
-        f"{args.runs} runs each; {report['machine']}; {report['date']}",
-        f"{'':<34s}{'p50':>10s}{'p99':>10s}{'max':>10s}",
-        _row("bare model call (accompany)", bare),
-    ]
-    if trip["runs"]:
-        ratio = {k: trip[k] / bare[k] for k in ("p50", "p99", "max")}
-        report["ratio_round_trip_over_bare"] = ratio
-        lines += [_row("clip round trip (OSC, loopback)", trip), _row("ratio round trip / bare call", ratio, "x")]
-    if trip["failed"]:
-        lines.append(f"round trip: {trip['failed']} of {args.runs} clips got no complete reply")
-    if args.no_live:
-        report["live"] = {"available": False, "reason": "skipped (--no-live)"}
-        lines.append("live: skipped (--no-live)")
-    else:
-        report["live"] = live_timing(args.seconds, args.tempo, args.model, args.device)
-        lines += _format_live(report["live"])
+    lines = [f"backline bench: model {args.model}; 4-bar clip (the first {CLIP_BEATS:g} beats of ode-to-joy); "
+             f"{args.runs} runs each; {report['machine']}; {report['date']}"]
+    for part in PARTS:
+        if part.name not in wanted:
+            report[part.name] = {"available": False, "reason": "skipped"}
+            lines.append(f"{part.name}: skipped")
+            continue
+        report[part.name] = part.measure(args)
+        lines += part.format(report[part.name])
+    latency = report["latency"]
+    if latency.get("provider") and "clip" in latency:  # the header names what ran, once the first part knows it
+        report["model"] = latency["model"]
+        lines[0] = (f"backline bench: model {latency['model']} on {latency['provider']}; 4-bar clip ({latency['clip']}); "
+                    f"{args.runs} runs each; {report['machine']}; {report['date']}")
     print("\n".join(lines), flush=True)
     if args.json is not None:
         try:
@@ -276,14 +668,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m backline.bridge.bench --client --port P --runs N`: the client process."""
+    """The client processes: `python -m backline.bridge.bench --client --ports P[,P] --runs N`
+    (one client, clips one after the other) or `... --client --worker --ports P[,P]` (a
+    concurrency client driven through its stdin)."""
     parser = argparse.ArgumentParser(prog="python -m backline.bridge.bench")
     parser.add_argument("--client", action="store_true", required=True)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--worker", action="store_true")
+    parser.add_argument("--ports", required=True, help="comma-separated UDP ports of the servers")
     parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--notes", default=None, help="the clip as JSON [[pitch, start, duration, velocity, mute], ...]")
     args = parser.parse_args(argv)
-    print(json.dumps(client_main(args.port, args.runs, args.host)))
+    ports = [int(p) for p in args.ports.split(",")]
+    notes = [Note(*n) for n in json.loads(args.notes)] if args.notes else clip_melody()
+    try:
+        if args.worker:
+            worker_main(ports, notes)
+        else:
+            print(json.dumps(client_main(ports, args.runs, notes)))
+    except BacklineError as exc:
+        print(f"backline bench client: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

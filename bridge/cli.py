@@ -17,6 +17,8 @@ from typing import Sequence
 from backline.models.errors import BacklineError
 from backline.models.registry import DEFAULT_MODEL
 
+from .engine import DEFAULT_BATCH_WINDOW_MS, DEFAULT_MAX_BATCH
+
 log = logging.getLogger("backline")
 
 
@@ -120,7 +122,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--update-ratio", type=int, default=5,
                    help="critic updates per generator update (default 5)")
-    p.add_argument("--batch-size", type=int, default=64, help="windows per batch (default 64)")
+    p.add_argument("--batch-size", type=int, default=64, help="windows per batch, all processes of a torchrun launch together (default 64)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--time-budget", type=str, default=None,
                    help="stop after the epoch that passes this wall time, e.g. 900s, 15m, 1h")
@@ -133,6 +135,81 @@ def add_train_parser(sub) -> None:
     p.add_argument("--rebuild-data", action="store_true", help="rebuild the cached chorale dataset")
     p.add_argument("--max-pieces", type=int, default=None, help="use only this many training pieces (quick runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where to train: auto = CUDA when torch sees a GPU, else the CPU (default auto); "
+                        "under torchrun, each process takes the GPU of its local rank")
+    p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
+                   help="bf16 autocast for the forward passes (the gradient penalty stays fp32); "
+                        "auto = on for CUDA, off on the CPU (default auto)")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                   help="torch.compile the networks; auto = on for CUDA, off on the CPU, where its gain "
+                        "(about 8 %%) barely repays the compile time (default auto)")
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time in milliseconds >= 0, e.g. 2 (0 = no waiting)")
+    return value
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1, e.g. 16 (1 = no batching)")
+    return value
+
+
+def _client_levels(text: str) -> list[int]:
+    from .bench import parse_clients
+
+    return parse_clients(text)
+
+
+def _window_list(text: str) -> list[float]:
+    return [_milliseconds(word) for word in text.split(",")]
+
+
+def _bench_parts(text: str) -> list[str]:
+    from .bench import parse_parts
+
+    return parse_parts(text)
+
+
+class _DeviceAction(argparse.Action):
+    """--device KIND[:PRECISION] and --precision P both write args.device as one
+    'KIND[:PRECISION]' string (models/providers.py), whichever comes first."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        from backline.models.providers import Device, DeviceError
+
+        current = Device.parse(getattr(namespace, "device", None) or "auto")
+        try:
+            if option_string == "--precision":
+                device = Device(current.kind, value)
+            else:
+                device = Device.parse(value)
+                if ":" not in value:  # a bare kind keeps a --precision given before it
+                    device = Device(device.kind, current.precision)
+        except DeviceError as exc:
+            parser.error(str(exc))
+        namespace.device = str(device)
+
+
+def add_device_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", action=_DeviceAction, default="auto", metavar="{auto,cpu,cuda,tensorrt}",
+                   help="where the model runs (default auto: CUDA if there is a GPU, else the CPU); "
+                        "tensorrt builds engines on first use and caches them")
+    p.add_argument("--precision", action=_DeviceAction, dest="device", choices=["fp32", "fp16"],
+                   default=argparse.SUPPRESS,
+                   help="fp16 runs a GPU provider in half precision, if it leaves the notes unchanged "
+                        "against fp32 (checked at load; otherwise fp32) (default fp32)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None, help="note threshold in (0, 1) (default: the model's)")
     p.add_argument("--sample", action="store_true", help="sample notes (seeded) instead of thresholding")
     p.add_argument("--track", default=None, help="name of the melody track in a multi-track file")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the model runs")
+    add_device_arguments(p)
     p.add_argument("--png", type=Path, default=None, help="also draw the result as a piano roll PNG")
     p.set_defaults(func=cmd_accompany)
 
@@ -188,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: coremidi on macOS, alsa on Linux; none for OSC only)")
     p.add_argument("--per-track-ports", action="store_true",
                    help="one MIDI output port per accompaniment track instead of one port with a channel per track")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the model runs")
+    add_device_arguments(p)
     p.add_argument("--no-reload", action="store_true",
                    help="do not watch the model folders for new or changed models (/backline/model/load still works)")
     p.add_argument("--clock", choices=["auto", "midi", "osc", "internal", "off"], default="auto",
@@ -198,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BPM of the internal clock, and the first guess for the others (default 120)")
     p.add_argument("--commit-ahead", type=float, default=2.0, metavar="BEATS",
                    help="live mode generates each bar this many beats before it starts (default 2)")
+    p.add_argument("--batch-window-ms", type=_milliseconds, default=DEFAULT_BATCH_WINDOW_MS, metavar="MS",
+                   help="clips queued together share one model call; also wait up to MS for more clips to "
+                        f"join a batch (default {DEFAULT_BATCH_WINDOW_MS:g}: take only the clips already waiting)")
+    p.add_argument("--max-batch", type=_at_least_one, default=DEFAULT_MAX_BATCH, metavar="CLIPS",
+                   help=f"most clips in one batch; 1 turns batching off (default {DEFAULT_MAX_BATCH})")
     p.set_defaults(func=lambda a: __import__("backline.bridge.serve", fromlist=["x"]).cmd_serve(a))
 
     p = sub.add_parser("send", help="accompany a melody file through a running `backline serve`",
@@ -212,16 +294,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the accompaniment (default 10)")
     p.set_defaults(func=lambda a: __import__("backline.bridge.send", fromlist=["x"]).cmd_send(a))
 
-    p = sub.add_parser("bench", help="time the model call, the OSC round trip and live timing",
-                       description="Print p50/p99/max of the bare model call for a 4-bar clip, of the same clip's "
-                                   "round trip through a `backline serve` over loopback, their ratio, and live "
+    p = sub.add_parser("bench", help="time the model call, the OSC round trip, concurrent clients and live timing",
+                       description="Print p50/p99/max of the bare model call for a 4-bar clip and of the same clip's "
+                                   "round trip through `backline serve` over loopback with batching on and off; the "
+                                   "round trip and throughput with 1, 4, 16, 64 concurrent client processes; and live "
                                    "mode's timing (figures only; see docs/PERFORMANCE.md).")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or .onnx path (default {DEFAULT_MODEL})")
-    p.add_argument("--runs", type=int, default=200, help="timed runs of each kind (default 200)")
+    p.add_argument("--runs", type=int, default=200, help="timed runs of the bare call and the single-client round trip (default 200)")
+    p.add_argument("--clients", type=_client_levels, default=[1, 4, 16, 64], metavar="N,N,...",
+                   help="concurrency levels: how many client processes at once (default 1,4,16,64)")
+    p.add_argument("--level-seconds", type=float, default=4.0,
+                   help="how long each concurrency level runs, after a 0.5 s warm-up (default 4)")
+    p.add_argument("--no-unbatched", action="store_true",
+                   help="run the concurrency levels against the batching server only, not also with batching off")
+    p.add_argument("--compare-windows", type=_window_list, default=None, metavar="MS,...",
+                   help="also run the concurrency levels against servers with these --batch-window-ms values")
+    p.add_argument("--parts", type=_bench_parts, default=None, metavar="PART,...",
+                   help="only these parts: latency, clients, live (default: all)")
+    p.add_argument("--training-seconds", type=float, default=10.0,
+                   help="how long to time training steps (default 10)")
     p.add_argument("--seconds", type=float, default=20.0, help="how long to measure live timing (default 20)")
     p.add_argument("--tempo", type=float, default=180.0, help="live timing tempo in BPM (default 180)")
     p.add_argument("--no-live", action="store_true", help="skip the live timing")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the model runs")
+    add_device_arguments(p)
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the figures to FILE")
     p.set_defaults(func=lambda a: __import__("backline.bridge.bench", fromlist=["x"]).cmd_bench(a))
     return parser

@@ -1,4 +1,8 @@
-"""The host's musical time: a map between time.monotonic() and beat positions.
+"""The host's musical time: a map between a time line and beat positions.
+
+The time line is the Clock's `now` (time.monotonic() by default; on JACK the frame-accurate
+ports' `now`, JACK's frame count in seconds, so that beats map to frames), and every time
+handed to a Clock is on it.
 
 `Clock` holds one straight line, `beat = anchor_beat + (t - anchor_time) * tempo / 60`,
 while the host plays, and a frozen position while it is stopped. Everything that plays in
@@ -44,14 +48,14 @@ class ClockEvent:
     kind: EventKind
     beat: float  # the position when it happened
     tempo: float
-    time: float  # time.monotonic() of the event
+    time: float  # when it happened, on the Clock's time line
 
 
 Listener = Callable[[ClockEvent], None]
 
 
 class Clock:
-    """Beat position <-> time.monotonic(). Thread-safe; every method takes an optional
+    """Beat position <-> time on `now`'s line. Thread-safe; every method takes an optional
     `t` (when it happened, default now), so sources can pass the arrival time of a message."""
 
     def __init__(self, tempo: float = 120.0, now: Callable[[], float] = time.monotonic) -> None:
@@ -75,7 +79,7 @@ class Clock:
         return self._playing
 
     def beat_at(self, t: float | None = None) -> float:
-        """The beat position at monotonic time `t` (now by default); frozen while stopped."""
+        """The beat position at time `t` (now by default); frozen while stopped."""
         with self._lock:
             return self._beat_at(self.now() if t is None else t)
 
@@ -234,6 +238,10 @@ def fit_ticks(indices: np.ndarray, times: np.ndarray, outlier_s: float) -> Tempo
     return TempoFit(b, a + b * last, last, int(keep.sum()))
 
 
+START_TOLERANCE = 0.05  # of a tick interval: exact times leave only rounding
+LOSS_TOLERANCE = 0.02  # of a tick interval: how close to whole intervals a gap of lost ticks is
+
+
 class MidiClockFollower:
     """Drives a Clock from MIDI realtime messages (`feed(message, t)` for each one).
 
@@ -248,22 +256,38 @@ class MidiClockFollower:
     line counts as a miss; `jump_run` misses in a row on the same side mean the tempo
     changed, and the fit restarts from those ticks.
 
-    Lost ticks: MIDI clock carries no position, so a tick the MIDI layer drops (python-
-    rtmidi's JACK input does, rarely, under load) would shift every later beat by 1/24.
-    A tick that comes a whole number of intervals (2 to `MAX_LOST + 1`) after the one
-    before is held back for one tick: if the next interval is normal, ticks were lost and
-    the held tick takes its rightful index; if it is long too, the tempo dropped and both
-    go in as they came, for the tempo-change rule above. Ticks lost right after Start,
-    before any tempo is known, show once the first fit exists: Start comes with (or just
-    before) beat 0's tick, so a fitted beat 0 that lies k whole intervals after the Start
-    message means the first k ticks were lost, and every index moves up by k.
+    Lost ticks: MIDI clock carries no position, so a tick the MIDI layer drops (a JACK
+    client that misses a cycle loses its events) would shift every later beat by 1/24.
+    With `exact_times` (the times are the frames the ticks were written at: bridge/
+    jack_midi), a tick that comes a whole number of intervals (2 to `MAX_LOST + 1`, within
+    `LOSS_TOLERANCE`) after the one before is held back for one tick: if the next interval
+    is the old one again, ticks were lost and the held tick takes its rightful index; if
+    not, the tempo changed and both go in as they came, for the tempo-change rule above.
+    (At a tempo change a host may leave one odd gap, e.g. jack_midi_clock 1.6 intervals
+    going from 120 to 150 BPM: a beat is 24 ticks as they come, gaps or not.)
+
+    Ticks lost right after Start, before any tempo is known, show once the first fit
+    exists: Start comes with beat 0's tick or up to `start_slack` seconds before it (one
+    JACK period: jack_midi_clock writes Start in the cycle before), so a fitted beat 0 that
+    lies k whole intervals (plus up to that slack) after the Start message means the first
+    k ticks were lost, and every index moves up by k. Where the slack is close to a whole
+    interval (a very fast tempo) the two cannot be told apart, and nothing is recovered.
+
+    Without `exact_times` (arrival times) the same gap has another, commoner cause: the
+    host's timeline itself stalled against the wall clock (a JACK xrun makes the frames,
+    and the ticks written at them, fall behind by the length of the late cycle). Taking
+    that for lost ticks would move every later beat by whole ticks for good, so a gap is
+    taken as it came: the line restarts from the ticks after it (the tempo-change rule).
     """
 
     MAX_LOST = 3
 
     def __init__(self, clock: Clock, window: int = 48, min_ticks: int = 6,
-                 jump_fraction: float = 0.25, jump_run: int = 3) -> None:
+                 jump_fraction: float = 0.25, jump_run: int = 3, exact_times: bool = True,
+                 start_slack: float = 0.0) -> None:
         self.clock = clock
+        self.exact_times = exact_times
+        self.start_slack = start_slack
         self.window = window
         self.min_ticks = min_ticks
         self.jump_fraction = jump_fraction
@@ -282,7 +306,7 @@ class MidiClockFollower:
         self.lost_ticks = 0
 
     def feed(self, message: list[int] | tuple[int, ...] | bytes, t: float) -> bool:
-        """One MIDI message that arrived at monotonic time `t`; False if it is not clock."""
+        """One MIDI message that arrived at time `t` (on the Clock's line); False if it is not clock."""
         if not message or message[0] not in REALTIME:
             return False
         status = message[0]
@@ -319,7 +343,7 @@ class MidiClockFollower:
         # a tick
         index = self._position
         self._position += 1
-        if self._running and self._pending is None:
+        if self._running and self._pending is None and self.exact_times:
             index = self._recover_lost(index, t)
             if index is None:
                 return None  # held back for one tick; the clock runs on its current line
@@ -355,7 +379,7 @@ class MidiClockFollower:
         if held is not None:
             held_index, held_t, intervals = held
             since = (t - held_t) / self.fit.seconds_per_tick if self.fit else 1.0
-            if round(since) == 1 and abs(since - 1) <= self.jump_fraction:
+            if round(since) == 1 and abs(since - 1) <= LOSS_TOLERANCE:
                 lost = intervals - 1  # a normal interval after the gap: ticks were lost
                 self.lost_ticks += lost
                 self._position += lost
@@ -364,21 +388,24 @@ class MidiClockFollower:
             self._add_tick(held_index, held_t)  # a slower tempo: both go in as they came
             return index
         gap = self._intervals_since_last(t)
-        if gap is not None and 2 <= gap[0] <= self.MAX_LOST + 1 and gap[1] <= self.jump_fraction:
+        if gap is not None and 2 <= gap[0] <= self.MAX_LOST + 1 and gap[1] <= LOSS_TOLERANCE:
             self._held = (index, t, gap[0])
             return None
         return index
 
     def _check_start(self) -> None:
         """Once the first fit after Start exists, recover ticks lost before it (class doc)."""
-        if self._start_time is None or self.fit is None:
+        if self._start_time is None or self.fit is None or not self.exact_times:
             return
         start, self._start_time = self._start_time, None
         fit = self.fit
         beat0 = fit.time_at_last - fit.last_index * fit.seconds_per_tick
-        count = (beat0 - start) / fit.seconds_per_tick
-        lost = round(count)
-        if not 1 <= lost <= self.MAX_LOST or abs(count - lost) > self.jump_fraction:
+        count = (beat0 - start) / fit.seconds_per_tick  # = lost + (how long Start came before beat 0)
+        slack = self.start_slack / fit.seconds_per_tick
+        lost = math.floor(count + START_TOLERANCE)
+        if slack + 2 * START_TOLERANCE >= 1:
+            return  # at this tempo a late first tick and a lost one look the same
+        if not 1 <= lost <= self.MAX_LOST or count - lost > slack + START_TOLERANCE:
             return
         self.lost_ticks += lost
         self._position += lost

@@ -5,6 +5,13 @@ parses and queues: a slow clip never stops the server from receiving (or answeri
 One worker is enough: ONNX Runtime already uses several cores per run, and it keeps clips
 from one client in order. Models are loaded once, by name, and kept.
 
+Micro-batching: a job that is a `BatchJob` (a clip) takes the jobs of its kind queued right
+behind it, up to `max_batch`, and they run together (bridge/generate.py puts their windows
+through one model call). The worker takes what is queued already; it waits up to
+`batch_window_ms` for more only when that is set above 0, so a lone client never waits.
+Jobs keep their queue order: a batch stops at the first job of another kind, which runs
+next.
+
 Hot reload (bridge/reload.py) replaces a model with `swap`: the cache entry changes
 atomically, and a clip already running keeps the Generator object it started with, so no
 clip is dropped or generated half by one model and half by the other. Listeners
@@ -13,10 +20,12 @@ registered with `on_swap` (the live engine) hear of each swap and apply it when 
 
 from __future__ import annotations
 
+import abc
 import logging
 import queue
 import threading
-from typing import Callable
+import time
+from typing import Callable, Sequence
 
 from backline.models import registry
 from backline.models.errors import BacklineError
@@ -29,11 +38,33 @@ Job = Callable[[], None]
 SwapListener = Callable[[str, Generator], None]
 MAX_QUEUED = 64
 MAX_MODELS = 8
+# Chosen by measurement (`backline bench --compare-windows 1,3`, docs/PERFORMANCE.md):
+# waiting 1 or 3 ms for more clips raised throughput at 4 and 16 concurrent clients by
+# nothing the runs could tell from noise, and a lone client pays the whole wait.
+DEFAULT_BATCH_WINDOW_MS = 0.0
+DEFAULT_MAX_BATCH = 16  # clips per batch: sixteen 4-bar clips fill one model call (MAX_RUN_WINDOWS)
+
+
+class BatchJob(abc.ABC):
+    """A job that can run together with the jobs of its own class queued behind it."""
+
+    @classmethod
+    @abc.abstractmethod
+    def run_batch(cls, jobs: Sequence["BatchJob"]) -> None:
+        """Run `jobs` (in queue order) together; report every failure, raise nothing."""
+
+    def __call__(self) -> None:
+        type(self).run_batch([self])
 
 
 class Engine:
-    def __init__(self, default_model: str, device: str = "auto") -> None:
+    def __init__(self, default_model: str, device: str = "auto", *,
+                 batch_window_ms: float = DEFAULT_BATCH_WINDOW_MS, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        if batch_window_ms < 0 or max_batch < 1:
+            raise ValueError("batch_window_ms must be >= 0 and max_batch >= 1")
         self.device = device
+        self.batch_window_s = batch_window_ms / 1000
+        self.max_batch = max_batch
         generator = registry.load(default_model, device=device)
         warm_up(generator)
         self.default = generator.spec.name
@@ -43,6 +74,8 @@ class Engine:
         self._lock = threading.Lock()  # guards _models and _listeners: swaps come from other threads
         self._listeners: list[SwapListener] = []
         self._jobs: queue.Queue[Job | None] = queue.Queue(MAX_QUEUED)
+        self._held: list[Job | None] = []  # taken from the queue but not batched: runs next
+        self._closing = False
         self._thread = threading.Thread(target=self._work, name="backline-generate", daemon=True)
         self._thread.start()
 
@@ -131,6 +164,7 @@ class Engine:
 
     def close(self, timeout: float = 10.0) -> None:
         """Finish the running job, drop the queued ones, stop the worker."""
+        self._closing = True  # a job the worker took but did not start is dropped too
         while True:
             try:
                 self._jobs.get_nowait()
@@ -140,11 +174,41 @@ class Engine:
         self._thread.join(timeout)
 
     def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
+        while (job := self._next()) is not None:
             try:
-                job()
+                if isinstance(job, BatchJob):
+                    type(job).run_batch(self._batch(job))
+                else:
+                    job()
             except Exception as exc:  # jobs report their own errors; this is the last guard
                 log.error("generation worker: unexpected %s: %s", type(exc).__name__, exc)
+
+    def _next(self) -> Job | None:
+        if self._closing:
+            return None
+        return self._held.pop() if self._held else self._jobs.get()
+
+    def _batch(self, first: BatchJob) -> list[BatchJob]:
+        """`first` and the jobs of its class queued behind it, up to max_batch; waits for
+        more up to the batch window (none by default). Stops at a job of another kind."""
+        batch = [first]
+        deadline = time.monotonic() + self.batch_window_s
+        while len(batch) < self.max_batch:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    job = self._jobs.get(timeout=left)
+                except queue.Empty:
+                    break
+            if type(job) is not type(first):  # another kind (or close's None): it runs next
+                self._held.append(job)
+                break
+            batch.append(job)
+        return batch
 
 
 def warm_up(generator: Generator) -> None:

@@ -1,13 +1,22 @@
-"""One clip -> its stream of replies (runs on the engine's worker thread).
+"""Clips -> their streams of replies (runs on the engine's worker thread).
 
-begin and the track headers go out as soon as the model is known, then the notes track
-by track, then end with the number of notes sent, so a client can tell a lost datagram
-from a quiet track. Melody problems are found before begin; any later failure ends the
-stream with /backline/error instead of /backline/accomp/end.
+Clips queued together run as one batch (`ClipTask`, a BatchJob): each is checked and laid
+out as model windows, the windows of every clip for the same model go through the model
+together (models/accompaniment.run_windows: at most MAX_RUN_WINDOWS per call), and each
+clip is then decoded and streamed in queue order, so one client's clips keep their order.
+Each clip draws its noise from its own seed and is decoded with its own settings, so a
+clip gets the same notes in a batch as alone.
+
+A clip's stream: begin and the track headers, then the notes track by track, then end with
+the number of notes sent, so a client can tell a lost datagram from a quiet track. Melody
+problems are found before begin and answered with one /backline/error; any later failure
+ends the stream with /backline/error instead of /backline/accomp/end. A failure in one
+clip never reaches the others in its batch.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -15,16 +24,17 @@ from typing import Callable, Sequence
 
 from pythonosc.osc_message import OscMessage
 
-from backline.models.accompaniment import MelodyError, accompany, melody_shift
+from backline.models.accompaniment import (MelodyError, PreparedMelody, WindowProbabilities, decode, prepare,
+                                           run_windows)
 from backline.models.errors import BacklineError
 from backline.models.midi import MidiError, pick_melody_track, read_midi_bytes
 from backline.models.notes import Note
-from backline.models.runtime import ModelLoadError
+from backline.models.runtime import Generator, ModelLoadError
 from backline.models.spec import SpecError
 
 from . import protocol
 from .clients import Address, Settings
-from .engine import Engine
+from .engine import BatchJob, Engine
 
 log = logging.getLogger("backline.bridge")
 
@@ -42,6 +52,20 @@ class ClipJob:
     track: str | None = None
 
 
+class ClipTask(BatchJob):
+    """A clip on the engine's queue, with where its replies go; clips queued together run
+    as one batch."""
+
+    def __init__(self, job: ClipJob, engine: Engine, send: Send) -> None:
+        self.job, self.engine, self.send = job, engine, send
+
+    @classmethod
+    def run_batch(cls, tasks: Sequence["ClipTask"]) -> None:
+        # Every task of one server shares its engine and send; grouping keeps that a fact.
+        for (engine, send), group in itertools.groupby(tasks, key=lambda t: (t.engine, t.send)):
+            run_clips([t.job for t in group], engine, send)
+
+
 def error_code(exc: BacklineError) -> str:
     if isinstance(exc, (MelodyError, MidiError)):
         return "bad_melody"
@@ -51,49 +75,114 @@ def error_code(exc: BacklineError) -> str:
 
 
 def run_clip(job: ClipJob, engine: Engine, send: Send) -> None:
-    """Generate and stream; every failure becomes /backline/error, never an exception."""
+    """Generate and stream one clip; every failure becomes /backline/error, never an exception."""
+    run_clips([job], engine, send)
+
+
+def run_clips(jobs: Sequence[ClipJob], engine: Engine, send: Send) -> None:
+    """Generate and stream clips as one batch (see the module's doc); never raises."""
     started = time.perf_counter()
+    ready = [clip for job in jobs if (clip := _checked(job, engine, send)) is not None]
+    for _, group in itertools.groupby(ready, key=lambda clip: id(clip.generator)):
+        _generate(list(group), send, started, len(jobs))
+
+
+@dataclass
+class _Clip:
+    """A clip that passed its checks: its model and its melody laid out as windows."""
+
+    job: ClipJob
+    generator: Generator
+    melody: PreparedMelody
+    n_melody: int
+    length: float
+
+
+def _checked(job: ClipJob, engine: Engine, send: Send) -> _Clip | None:
+    """The clip ready for its model, or None after answering /backline/error."""
     try:
-        n_melody, n_tracks, n_notes = _stream(job, engine, send)
-    except BacklineError as exc:
-        send(job.target, protocol.error(job.clip_id, error_code(exc), str(exc)))
-        return
-    except Exception as exc:  # a bug: one log line, the client hears 'internal', we go on
-        log.error("clip %r: internal error %s: %s", job.clip_id, type(exc).__name__, exc)
-        send(job.target, protocol.error(job.clip_id, "internal", f"internal error ({type(exc).__name__}); see the server log"))
-        return
-    log.info("clip %r for %s:%d: %d melody notes -> %d tracks, %d notes in %.0f ms", job.clip_id,
-             *job.target, n_melody, n_tracks, n_notes, 1000 * (time.perf_counter() - started))
+        notes, length = job.notes, job.length_beats
+        if job.midi is not None:
+            melody = pick_melody_track(read_midi_bytes(job.midi, "the MIDI blob"), job.track)
+            notes, length = melody.notes, max(n.end for n in melody.notes)
+        generator = engine.generator(job.settings.model)
+        if not any(not n.mute for n in notes):
+            raise MelodyError("the clip has no (unmuted) notes to accompany; send the melody's notes first")
+        return _Clip(job, generator, prepare(generator.spec, notes), len(notes), length)
+    except Exception as exc:
+        _report(job, send, exc)
+        return None
 
 
-def _stream(job: ClipJob, engine: Engine, send: Send) -> tuple[int, int, int]:
-    notes, length = job.notes, job.length_beats
-    if job.midi is not None:
-        melody = pick_melody_track(read_midi_bytes(job.midi, "the MIDI blob"), job.track)
-        notes, length = melody.notes, max(n.end for n in melody.notes)
-    generator = engine.generator(job.settings.model)
-    spec = generator.spec
-    # Melody errors before begin, so that a failed clip is one error and nothing else.
-    playable = [n for n in notes if not n.mute]
-    if not playable:
-        raise MelodyError("the clip has no (unmuted) notes to accompany; send the melody's notes first")
-    melody_shift(playable, spec)
-    send(job.target, protocol.accomp_begin(job.clip_id, spec.n_tracks, length))
+def _generate(clips: list[_Clip], send: Send, started: float, batch: int) -> None:
+    """One model's clips: their windows through the model together, then each clip decoded
+    and streamed as soon as its windows are done. The first clip's begin and headers go
+    out before the model runs (a lone clip hears at once that it is being generated); the
+    others' just before their notes, so that no two streams interleave."""
+    generator = clips[0].generator
+    _send_headers(clips[0], send)
+    inputs = [(clip.melody, generator.draw_z(clip.job.settings.seed or 0, clip.melody.n_windows))
+              for clip in clips]
+    done = 0
+    try:
+        for probs in run_windows(generator, inputs):
+            _finish(clips[done], probs, send, started, batch, first=done == 0)
+            done += 1
+    except Exception as exc:  # the shared model call failed: retry each clip left on its own
+        if len(clips) - done == 1:
+            _report(clips[done].job, send, exc)
+            return
+        log.warning("batch of %d clips failed (%s: %s); running them one by one", len(clips) - done,
+                    type(exc).__name__, exc)
+        for index in range(done, len(clips)):
+            try:
+                [probs] = run_windows(generator, [inputs[index]])
+            except Exception as exc:
+                _report(clips[index].job, send, exc)
+                continue
+            _finish(clips[index], probs, send, started, batch, first=index == 0)
+
+
+def _send_headers(clip: _Clip, send: Send) -> None:
+    job, spec = clip.job, clip.generator.spec
+    send(job.target, protocol.accomp_begin(job.clip_id, spec.n_tracks, clip.length))
     for index, track in enumerate(spec.tracks):
         send(job.target, protocol.accomp_track(job.clip_id, index, track.name, track.program,
                                                track.channel, track.is_drum))
-    result_tracks = accompany(
-        generator, notes, seed=job.settings.seed or 0, threshold=job.settings.threshold,
-        sample=bool(job.settings.sample),
-    ).tracks
-    total = 0
-    for index, (_, track_notes) in enumerate(result_tracks):
-        inside = trim(track_notes, length)
-        for message in protocol.accomp_notes(job.clip_id, index, inside):
-            send(job.target, message)
-        total += len(inside)
-    send(job.target, protocol.accomp_end(job.clip_id, total))
-    return len(notes), len(result_tracks), total
+
+
+def _finish(clip: _Clip, probs: WindowProbabilities, send: Send, started: float, batch: int,
+            first: bool = False) -> None:
+    """Decode one clip and stream its begin and headers (unless sent already), notes and
+    end, or its error."""
+    job = clip.job
+    if not first:
+        _send_headers(clip, send)
+    try:
+        tracks = decode(clip.generator.spec, clip.melody, probs, seed=job.settings.seed or 0,
+                        threshold=job.settings.threshold, sample=bool(job.settings.sample)).tracks
+        total = 0
+        for index, (_, track_notes) in enumerate(tracks):
+            inside = trim(track_notes, clip.length)
+            for message in protocol.accomp_notes(job.clip_id, index, inside):
+                send(job.target, message)
+            total += len(inside)
+        send(job.target, protocol.accomp_end(job.clip_id, total))
+    except Exception as exc:
+        _report(job, send, exc)
+        return
+    log.info("clip %r for %s:%d: %d melody notes -> %d tracks, %d notes in %.0f ms%s", job.clip_id,
+             *job.target, clip.n_melody, len(tracks), total, 1000 * (time.perf_counter() - started),
+             f" (batch of {batch})" if batch > 1 else "")
+
+
+def _report(job: ClipJob, send: Send, exc: Exception) -> None:
+    """A failure as /backline/error to the clip's client; a bug also gets one log line."""
+    if isinstance(exc, BacklineError):
+        send(job.target, protocol.error(job.clip_id, error_code(exc), str(exc)))
+        return
+    log.error("clip %r: internal error %s: %s", job.clip_id, type(exc).__name__, exc)
+    send(job.target, protocol.error(job.clip_id, "internal", f"internal error ({type(exc).__name__}); see the server log"))
 
 
 def trim(notes: Sequence[Note], length: float) -> list[Note]:

@@ -19,7 +19,7 @@ from backline.models.errors import BacklineError
 from . import protocol
 from .clients import Address, Client, Clients
 from .engine import Engine
-from .generate import ClipJob, Send, run_clip
+from .generate import ClipJob, ClipTask, Send
 from .protocol import ProtocolError
 
 if TYPE_CHECKING:
@@ -209,7 +209,7 @@ class Bridge:
             raise ProtocolError("model", str(exc), clip_id) from None
 
     def _queue(self, client: Client, clip_id: str | int, job: ClipJob | Callable[[], None]) -> None:
-        work = functools.partial(run_clip, job, self.engine, self.send) if isinstance(job, ClipJob) else job
+        work = ClipTask(job, self.engine, self.send) if isinstance(job, ClipJob) else job
         if not self.engine.submit(work):
             raise ProtocolError("busy", "too many clips are waiting to be generated; send this one again later", clip_id)
 

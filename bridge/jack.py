@@ -5,6 +5,13 @@ The benchmark measures live timing on it, and the tests run every virtual-MIDI c
 it. A private server gets its own name, so it never meets a user's server or another
 run's; clients find it through $JACK_DEFAULT_SERVER, which `env` carries and which
 `use_in_this_process()` sets here too (python-rtmidi reads it when a port opens).
+
+A private server runs in synchronous mode (`-S`): each cycle waits for every client. In
+the default asynchronous mode a client whose callback starts after the next cycle has
+begun (common on a busy shared machine without realtime scheduling) reads that next
+cycle's frame time and loses or re-reads a cycle's events, which no client can correct;
+in synchronous mode a slow client delays the cycle instead, and the frame count just
+falls behind the wall clock, which is what a frame-accurate client is built for.
 """
 
 from __future__ import annotations
@@ -61,7 +68,7 @@ class JackServer:
             if (problem := missing_tool(tool)) is not None:
                 raise BacklineError(problem)
         self.process = subprocess.Popen(
-            ["jackd", "--no-realtime", "-n", self.name, "-d", "dummy",
+            ["jackd", "--no-realtime", "-S", "-n", self.name, "-d", "dummy",
              "-r", str(self.rate), "-p", str(self.period)],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
@@ -104,6 +111,10 @@ class JackServer:
         """'play' or 'stop' the JACK transport."""
         self.run("jack_transport", stdin=f"{command}\nquit\n")
 
+    def timebase_master(self, bpm: float) -> "TransportMaster":
+        """A jack_transport that is the timebase master at `bpm` until closed."""
+        return TransportMaster(self, bpm)
+
     def stop(self) -> None:
         """Stop a server this object started (never a user's)."""
         if self.process is not None and self.process.poll() is None:
@@ -111,5 +122,40 @@ class JackServer:
             try:
                 self.process.wait(timeout=5)
             except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class TransportMaster:
+    """`jack_transport` kept running as the JACK timebase master: it sets the tempo that
+    jack_midi_clock (without -B) follows, and rolls and stops the transport."""
+
+    def __init__(self, server: JackServer, bpm: float) -> None:
+        if (problem := missing_tool("jack_transport")) is not None:
+            raise BacklineError(problem)
+        self.process = subprocess.Popen(["jack_transport"], env=server.env, stdin=subprocess.PIPE,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+        self._command("master")
+        self.tempo(bpm)
+
+    def _command(self, line: str) -> None:
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def tempo(self, bpm: float) -> None:
+        self._command(f"tempo {bpm:g}")
+
+    def play(self) -> None:
+        self._command("play")
+
+    def stop(self) -> None:
+        self._command("stop")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self._command("quit")
+                self.process.wait(timeout=5)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
                 self.process.kill()
                 self.process.wait()

@@ -33,6 +33,18 @@ note-offs + All Notes Off) and restart from the new position; stop silences; a t
 change needs nothing (the player asks the clock for each due time). `swap_model` takes
 effect at the next bar line that is not committed yet: All Notes Off on the old model's
 channels there, then the new model's notes.
+
+Settings. Live mode is one session on the server. Its `LiveSettings` (model, seed,
+threshold, sample) are read at each commit, so a change takes effect at the next bar line
+not committed yet, like a model swap. In `backline serve` they are the settings
+(/backline/set) of the client that drives live mode: the last one to send a melody note,
+a transport message, a loop length or /backline/live/set (LiveFrontend). A model named
+there plays once it is loaded (/backline/set loads it in the background); until then,
+and if it cannot be loaded, the session goes on with the model it has.
+
+Times. Every time here is on the Clock's time line (`clock.now()`): time.monotonic(), or
+on JACK the frame-accurate ports' frame line (bridge/jack_midi), so that beats map to the
+frames the host's clock ticks were written at and notes are written at their frames.
 """
 
 from __future__ import annotations
@@ -68,6 +80,22 @@ RECORDS_KEPT = 10_000
 
 def track_channel(track: TrackSpec) -> int:
     return 9 if track.is_drum else track.channel  # as bridge/midi_ports routes them
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    """What the live session plays with (applied from the next bar line not committed yet)."""
+
+    model: str | None = None  # None: the server's default model
+    seed: int = 0  # the noise; with `sample`, also the draws
+    threshold: float | None = None  # None: the model's own
+    sample: bool = False  # draw notes from the probabilities instead of thresholding
+
+
+def sample_seed(seed: int, bar: int) -> int:
+    """The Bernoulli draws of one bar: the same seed and bar give the same notes, and each
+    bar gets draws of its own (one seed for every bar would repeat the same dice)."""
+    return seed * 1_000_003 + bar
 
 
 @dataclass(frozen=True)
@@ -128,8 +156,10 @@ class BarNotes:
 
 
 def generate_bar(generator: Generator, window: list[Note], key_notes: Sequence[Note],
-                 window_start: float, z: np.ndarray, threshold: float | None) -> BarNotes | None:
-    """Run the model on one window and read back its last bar. None without melody."""
+                 window_start: float, z: np.ndarray, threshold: float | None,
+                 draws: int | None = None) -> BarNotes | None:
+    """Run the model on one window and read back its last bar. None without melody.
+    `draws`: sample the notes with this seed instead of thresholding."""
     spec = generator.spec
     if not window:
         return None
@@ -145,7 +175,7 @@ def generate_bar(generator: Generator, window: list[Note], key_notes: Sequence[N
     if not roll.frames.any():
         return None
     probs = generator.run(roll.frames[None].astype(np.float32), z)
-    frames, onsets = binarise(probs.frames[0], probs.onsets[0], spec, threshold=threshold)
+    frames, onsets = binarise(probs.frames[0], probs.onsets[0], spec, threshold=threshold, sample_seed=draws)
     bar_steps = spec.steps_per_bar
     first = spec.window_steps - bar_steps
     bar_start = window_start + spec.window_beats - spec.beats_per_bar
@@ -170,22 +200,28 @@ class LiveSession:
     """Melody in, accompaniment out through a Scheduler, bar by bar ahead of the clock."""
 
     def __init__(self, clock: Clock, scheduler: Scheduler, generator: Generator, *,
-                 commit_ahead: float = DEFAULT_COMMIT_AHEAD, seed: int = 0, threshold: float | None = None,
+                 commit_ahead: float = DEFAULT_COMMIT_AHEAD,
+                 settings_source: Callable[[], LiveSettings] | None = None,
+                 models: Callable[[str | None], Generator | None] | None = None,
                  on_commit: Callable[[], None] | None = None,
                  retarget: Callable[[Sequence[TrackSpec]], None] | None = None) -> None:
+        """`settings_source`: read at each commit (default: LiveSettings()). `models`: a model
+        name (None: the default) -> its loaded Generator, or None while it is not loaded;
+        without it the session keeps `generator` (and whatever swap_model gives it)."""
         if commit_ahead < 0:
             raise ValueError("commit_ahead must be >= 0 beats")
         self.clock = clock
         self.scheduler = scheduler
         self.commit_ahead = float(commit_ahead)
-        self.seed = seed
-        self.threshold = threshold
+        self.settings_source = settings_source or LiveSettings
+        self.models = models
         self.on_commit = on_commit  # after each commit (the plan subscribers)
         self.retarget = retarget  # ports.retarget, at the bar line where a new model begins
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._generator = generator
-        self._z = generator.draw_z(seed, 1)
+        self.settings = LiveSettings()  # the settings the last committed bar was made with
+        self._z = generator.draw_z(self.settings.seed, 1)
         self._pending_model: Generator | None = None
         self._heard: list[Note] = []
         self._open: dict[int, tuple[float, int]] = {}  # pitch -> (start beat, velocity)
@@ -212,11 +248,11 @@ class LiveSession:
     # ------------------------------------------------------------------ melody in
 
     def note_on(self, pitch: int, velocity: int, t: float | None = None) -> None:
-        """A melody note starts (velocity 0 = note off), arrived at monotonic `t`."""
+        """A melody note starts (velocity 0 = note off), arrived at `t` (the Clock's line)."""
         if velocity <= 0:
             self.note_off(pitch, t)
             return
-        t = time.monotonic() if t is None else t
+        t = self.clock.now() if t is None else t
         if not self.clock.playing:
             return  # no place on the timeline for it
         beat = self.clock.beat_at(t)
@@ -226,7 +262,7 @@ class LiveSession:
             self._open[pitch] = (beat, velocity)
 
     def note_off(self, pitch: int, t: float | None = None) -> None:
-        t = time.monotonic() if t is None else t
+        t = self.clock.now() if t is None else t
         beat = self.clock.beat_at(t)
         with self._lock:
             if pitch in self._open:
@@ -327,7 +363,7 @@ class LiveSession:
                     self._jump_beat = now_beat
                 bar = self._next_bar
                 commit_beat = bar * self.beats_per_bar - self.commit_ahead
-                wait = self.clock.time_at(commit_beat) - time.monotonic()
+                wait = self.clock.time_at(commit_beat) - self.clock.now()
                 if wait > 0:
                     self._wake.wait(min(wait, 0.05))
                     continue
@@ -342,14 +378,35 @@ class LiveSession:
                 if self._next_bar == bar and self._generation == generation:
                     self._next_bar = bar + 1
 
+    def _settings_now(self) -> tuple[LiveSettings, Generator | None]:
+        """The settings to commit the next bar with, and the model they name (None: keep)."""
+        try:
+            wanted = self.settings_source()
+        except Exception as exc:  # a bad source must not stop live mode: keep what it had
+            log.error("live: settings unreadable, keeping the last: %s: %s", type(exc).__name__, exc)
+            return self.settings, None
+        model = None
+        if self.models is not None:
+            try:
+                model = self.models(wanted.model)
+            except Exception as exc:
+                log.error("live: model %r unavailable, keeping %s: %s", wanted.model, self.spec.name, exc)
+        return wanted, model
+
     def _commit(self, bar: int, generation: int, catch_up: bool) -> None:
         started = time.perf_counter()
+        wanted, named = self._settings_now()
         with self._lock:
             swap_model, self._pending_model = self._pending_model, None
+            if swap_model is None and named is not None and named is not self._generator:
+                swap_model = named
             old_channels = [track_channel(t) for t in self._generator.spec.tracks]
             if swap_model is not None:
+                log.info("live: model %s from bar %d", swap_model.spec.name, bar)
                 self._generator = swap_model
-                self._z = swap_model.draw_z(self.seed, 1)
+            if swap_model is not None or wanted.seed != self.settings.seed:
+                self._z = self._generator.draw_z(wanted.seed, 1)
+            self.settings = wanted
             generator, z, loop = self._generator, self._z, self._loop
         spec = generator.spec
         bpb = spec.beats_per_bar
@@ -358,7 +415,8 @@ class LiveSession:
         heard = [n for n in self.heard(h) if n.end > h - HISTORY_BEATS]
         window_start = bar_end - spec.window_beats
         window = window_melody(heard, h, window_start, bar_end, loop or bpb)
-        result = generate_bar(generator, window, heard, window_start, z, self.threshold)
+        draws = sample_seed(wanted.seed, bar) if wanted.sample else None
+        result = generate_bar(generator, window, heard, window_start, z, wanted.threshold, draws)
         channels = [track_channel(t) for t in spec.tracks]
         to_add: list[ScheduledNote] = []
         planned: list[list[Note]] = [[] for _ in spec.tracks]
@@ -420,11 +478,20 @@ Send = Callable[[Any, Any], None]
 
 class LiveFrontend:
     """The wiring of live mode: the clock's sources (MIDI clock, OSC transport, internal),
-    the melody's (MIDI in, OSC), the plan over OSC. `routes` are OSC handlers in the
-    Bridge's form, `on_midi` is MidiPorts' input callback."""
+    the melody's (MIDI in, OSC), the plan over OSC, and who configures the session.
+    `routes` are OSC handlers in the Bridge's form, `on_midi` is the ports' input callback.
+
+    `exact_times`: MIDI input times are the frames the messages were written at (bridge/
+    jack_midi), so the clock follower may recover lost ticks; `start_slack`: how long before
+    beat 0's tick a Start may come (a JACK period). `client_of` (the Bridge's
+    Clients.client) and `configure` (Bridge.set): the session then plays with the
+    settings of its driver, the last client to send a driving message (transport, note,
+    loop, live/set; asking for the plan does not drive)."""
 
     def __init__(self, session: LiveSession, mode: ClockMode, send: Send,
-                 target_for: Callable[[Any], Any]) -> None:
+                 target_for: Callable[[Any], Any], *, exact_times: bool = False, start_slack: float = 0.0,
+                 client_of: Callable[[Any], Any] | None = None,
+                 configure: Callable[[Any, str, Any], None] | None = None) -> None:
         if mode not in ("auto", "midi", "osc", "internal"):
             raise ValueError(f"unknown clock mode {mode!r}")
         self.session = session
@@ -432,10 +499,15 @@ class LiveFrontend:
         self.mode = mode
         self.send = send
         self.target_for = target_for
-        self.follower = MidiClockFollower(self.clock)
+        self.client_of = client_of
+        self.configure = configure
+        self.follower = MidiClockFollower(self.clock, exact_times=exact_times, start_slack=start_slack)
         self._subscribers: set[Any] = set()
+        self._driver: Any = None  # the Client whose settings live mode plays with
         session.on_commit = self._push_plan
-        self.routes = {
+        if client_of is not None:
+            session.settings_source = self.driver_settings
+        driving = {
             protocol.TRANSPORT_PLAY: self.transport_play,
             protocol.TRANSPORT_STOP: self.transport_stop,
             protocol.TRANSPORT_CONTINUE: self.transport_continue,
@@ -443,11 +515,30 @@ class LiveFrontend:
             protocol.TRANSPORT_POSITION: self.transport_position,
             protocol.LIVE_NOTE: self.live_note,
             protocol.LIVE_LOOP: self.live_loop,
-            protocol.LIVE_PLAN: self.live_plan,
-            protocol.LIVE_SUBSCRIBE: self.live_subscribe,
+            protocol.LIVE_SET: self.live_set,
         }
+        self.routes = {address: self._driving(handler) for address, handler in driving.items()}
+        self.routes.update({protocol.LIVE_PLAN: self.live_plan, protocol.LIVE_SUBSCRIBE: self.live_subscribe})
         if mode == "internal":
             self.clock.start(0.0)
+
+    # ------------------------------------------------------------------ who drives
+
+    def _driving(self, handler: Callable[[Any, str, Any], None]) -> Callable[[Any, str, Any], None]:
+        """The handler, after which (if it took the message) the sender drives live mode."""
+        def handle(sender, address: str, args) -> None:
+            handler(sender, address, args)
+            if self.client_of is not None:
+                self._driver = self.client_of(sender)
+        return handle
+
+    def driver_settings(self) -> LiveSettings:
+        """The driver's /backline/set settings as live settings (the defaults before anyone drives)."""
+        client = self._driver
+        if client is None:
+            return LiveSettings()
+        s = client.settings
+        return LiveSettings(model=s.model, seed=s.seed or 0, threshold=s.threshold, sample=bool(s.sample))
 
     # ------------------------------------------------------------------ MIDI in
 
@@ -466,25 +557,25 @@ class LiveFrontend:
                                          "start it with --clock osc, auto or internal to drive it over OSC")
 
     def transport_play(self, sender, address: str, args) -> None:
-        arrival = time.monotonic()
+        arrival = self.clock.now()
         self._transport(address)
         (beat,) = protocol.parse_numbers(address, args, 0, 1, "[beat:f]") or [0.0]
         self.clock.start(beat, arrival)
 
     def transport_stop(self, sender, address: str, args) -> None:
-        arrival = time.monotonic()
+        arrival = self.clock.now()
         self._transport(address)
         protocol.parse_numbers(address, args, 0, 0, "no arguments")
         self.clock.stop(arrival)
 
     def transport_continue(self, sender, address: str, args) -> None:
-        arrival = time.monotonic()
+        arrival = self.clock.now()
         self._transport(address)
         protocol.parse_numbers(address, args, 0, 0, "no arguments")
         self.clock.resume(arrival)
 
     def transport_tempo(self, sender, address: str, args) -> None:
-        arrival = time.monotonic()
+        arrival = self.clock.now()
         self._transport(address)
         (bpm,) = protocol.parse_numbers(address, args, 1, 1, "bpm:f")
         if not 1 <= bpm <= 999:
@@ -492,7 +583,7 @@ class LiveFrontend:
         self.clock.set_tempo(bpm, arrival)
 
     def transport_position(self, sender, address: str, args) -> None:
-        arrival = time.monotonic()
+        arrival = self.clock.now()
         self._transport(address)
         (beat,) = protocol.parse_numbers(address, args, 1, 1, "beat:f")
         if not 0 <= beat < protocol.MAX_START_BEATS:
@@ -502,7 +593,7 @@ class LiveFrontend:
     # ------------------------------------------------------------------ OSC live
 
     def live_note(self, sender, address: str, args) -> None:
-        arrival = time.monotonic()
+        arrival = self.clock.now()
         protocol.expect_count(address, args, 2, 2, "pitch:i velocity:i")
         pitch, velocity = args
         if not protocol._is_int(pitch) or not 0 <= pitch <= 127 or not protocol._is_int(velocity) \
@@ -515,6 +606,16 @@ class LiveFrontend:
         if not 0 <= beats <= 1024:
             raise ProtocolError("bad_args", f"{address}: the loop length must be 0..1024 beats")
         self.session.set_loop(beats or None)
+
+    def live_set(self, sender, address: str, args) -> None:
+        """/backline/set for live mode: the same keys and checks, and the sender drives."""
+        protocol.expect_count(address, args, 2, 2, "key value (model, seed, threshold or sample)")
+        if args[0] == "tempo":
+            raise ProtocolError("bad_args", f"{address}: live mode's tempo is the host's clock; send "
+                                            "/backline/transport/tempo (or MIDI clock) instead")
+        if self.configure is None:
+            raise ProtocolError("bad_args", f"{address}: this live session takes no settings")
+        self.configure(sender, address, args)
 
     def live_plan(self, sender, address: str, args) -> None:
         protocol.expect_count(address, args, 0, 0, "no arguments")
@@ -541,8 +642,9 @@ class LiveFrontend:
 
 def start_live(engine, osc, ports, args) -> Callable[[], None]:
     """Live mode in `backline serve` (called from serve.start_frontends): a Clock from
-    --clock/--tempo, the player on `ports` (None: nowhere, the plan over OSC still works),
-    the session on the default model, its OSC addresses and MIDI input. Returns its stop."""
+    --clock/--tempo on the ports' time line, the player on `ports` (None: nowhere, the plan
+    over OSC still works), the session on the models of the engine with its driver's
+    settings, its OSC addresses and MIDI input. Returns its stop."""
     mode = getattr(args, "clock", "auto") or "auto"
     tempo = getattr(args, "tempo", None) or 120.0
     commit_ahead = getattr(args, "commit_ahead", DEFAULT_COMMIT_AHEAD)
@@ -550,34 +652,28 @@ def start_live(engine, osc, ports, args) -> Callable[[], None]:
         raise BacklineError(f"--tempo must be 1..999 beats per minute, not {tempo:g}")
     if not 0 <= commit_ahead <= 16:
         raise BacklineError(f"--commit-ahead must be 0..16 beats, not {commit_ahead:g}")
-    clock = Clock(tempo=tempo)
+    clock = Clock(tempo=tempo, now=getattr(ports, "now", time.monotonic))
     scheduler = Scheduler(clock, ports)
-    generator = engine.loaded(None)
-    session = LiveSession(clock, scheduler, generator, commit_ahead=commit_ahead,
-                          retarget=getattr(ports, "retarget", None))
+    # A name -> the model as loaded now: a hot reload (Engine.swap) or a model the driver
+    # picked with /backline/set (loaded in the background) shows at the next commit.
+    session = LiveSession(clock, scheduler, engine.loaded(None), commit_ahead=commit_ahead,
+                          models=engine.loaded, retarget=getattr(ports, "retarget", None))
     bridge = osc.bridge
-    frontend = LiveFrontend(session, mode, osc.send, bridge.clients.target_for)
+    exact = bool(getattr(ports, "frame_accurate", False))
+    frontend = LiveFrontend(session, mode, osc.send, bridge.clients.target_for, exact_times=exact,
+                            start_slack=ports.period_s if exact else 0.0,
+                            client_of=bridge.clients.client, configure=bridge.set)
     osc.add_routes(frontend.routes)
     if ports is not None:
         ports.set_input_callback(frontend.on_midi)
-    unsubscribe = None
-    if hasattr(engine, "on_swap"):
-        name = generator.spec.name
-
-        def swapped(swapped_name: str, new: Generator) -> None:
-            if swapped_name in (name, engine.default):
-                session.swap_model(new)
-
-        unsubscribe = engine.on_swap(swapped)
 
     def stop() -> None:
         if ports is not None:
             ports.set_input_callback(None)
-        if unsubscribe is not None:
-            unsubscribe()
         session.close()
         scheduler.close()  # note-offs + All Notes Off
 
-    log.info("live mode: clock %s%s, committing %g beats ahead", mode,
-             f" at {clock.tempo:g} BPM" if mode == "internal" else "", session.commit_ahead)
+    log.info("live mode: clock %s%s, committing %g beats ahead%s", mode,
+             f" at {clock.tempo:g} BPM" if mode == "internal" else "", session.commit_ahead,
+             ", timed in frames" if getattr(ports, "frame_accurate", False) else "")
     return stop

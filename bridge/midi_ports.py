@@ -10,7 +10,13 @@ Every python-rtmidi object is a client of its own in JACK and ALSA, so the ports
 `backline`, `backline-01`... in JACK (JACK renames a taken client name); `port_names` holds
 the full names the backend shows.
 
-JACK: nothing here starts a server (JACK_NO_START_SERVER). A small port-less client
+JACK: `MidiPorts.open("jack", ...)` gives the frame-accurate ports of bridge/jack_midi.py
+(one client, times on JACK's frame line, messages written at their frame) wherever libjack
+can be loaded, and these python-rtmidi ports otherwise (`frames=False` asks for them).
+Both have `now()`: the time line of their input times and of `send(..., at=)` (here
+time.monotonic(), arrival times; `timed` False: a message goes out when it is sent).
+
+JACK through python-rtmidi: nothing here starts a server (JACK_NO_START_SERVER). A small port-less client
 (`backline-watch`, through libjack's C API, the very library python-rtmidi uses) tells
 whether a server runs before any port opens, so a missing server is one quick
 MidiUnavailable rather than a burst of JACK's own messages, and its shutdown callback
@@ -22,8 +28,6 @@ to this module's logger at debug level.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import glob
 import logging
 import os
 import re
@@ -53,6 +57,12 @@ class MidiUnavailable(BacklineError):
     """The asked-for MIDI backend cannot give us ports; str() says what to do."""
 
 
+def no_jack_server() -> str:
+    server = os.environ.get("JACK_DEFAULT_SERVER", "default")
+    return (f"no JACK server is running (server '{server}'); start one "
+            "(jackd -d alsa / qjackctl) or use --midi-api alsa")
+
+
 def default_api() -> str:
     """CoreMIDI on macOS, ALSA elsewhere (JACK only when asked for)."""
     return "coremidi" if sys.platform == "darwin" else "alsa"
@@ -69,8 +79,26 @@ def port_name(client_name: str, suffix: str) -> str:
     return f"{client_name} {suffix}"
 
 
+def note_sent(used: set[int], sounding: set[tuple[int, int]], channel: int, status: int,
+              data: Sequence[int]) -> None:
+    """Book a channel message as sent: its channel is used, a note-on starts a sounding
+    note and a note-off (or note-on at velocity 0) ends it; what All Notes Off undoes."""
+    if not 0x80 <= status < 0xF0:
+        return
+    used.add(channel)
+    kind = status & 0xF0
+    if kind == 0x90 and len(data) > 2 and data[2] > 0:
+        sounding.add((channel, data[1]))
+    elif kind in (0x80, 0x90) and len(data) > 1:
+        sounding.discard((channel, data[1]))
+
+
 class MidiPorts:
     """The open virtual ports. Use `MidiPorts.open`; `send` may be called from any thread."""
+
+    timed = False  # send() sends at once: the caller sends each message when it is due
+    frame_accurate = False  # input times are arrival times
+    now = staticmethod(time.monotonic)  # the time line of input times
 
     def __init__(self, api: str, client_name: str, per_track_ports: bool) -> None:
         self.api = api
@@ -96,9 +124,18 @@ class MidiPorts:
 
     @classmethod
     def open(cls, api: str, tracks: Sequence[TrackSpec], *, client_name: str = "backline",
-             per_track_ports: bool = False) -> "MidiPorts":
+             per_track_ports: bool = False, frames: bool = True):
+        """The ports on `api`; on JACK the frame-accurate ones unless `frames` is False or
+        libjack cannot be loaded (then these, through python-rtmidi)."""
         if api not in API_NAMES:
             raise MidiUnavailable(f"unknown MIDI API {api!r}; pick one of {', '.join(API_NAMES)} or none")
+        if api == "jack" and frames:
+            from .jack_midi import JackMidiPorts
+
+            try:
+                return JackMidiPorts.open(tracks, client_name=client_name, per_track_ports=per_track_ports)
+            except RuntimeError as exc:  # no usable libjack: python-rtmidi brings its own JACK support
+                log.info("frame-accurate JACK ports unavailable (%s); using python-rtmidi's", exc)
         _check_backend(api)
         ports = cls(api, client_name, per_track_ports)
         try:
@@ -219,13 +256,7 @@ class MidiPorts:
             if name is None:
                 return False
             self._outputs[name].send_message(data)
-            if 0x80 <= status < 0xF0:
-                self._used.add(channel)
-                kind = status & 0xF0
-                if kind == 0x90 and len(data) > 2 and data[2] > 0:
-                    self._sounding.add((channel, data[1]))
-                elif kind in (0x80, 0x90) and len(data) > 1:
-                    self._sounding.discard((channel, data[1]))
+            note_sent(self._used, self._sounding, channel, status, data)
             return True
 
     def notes_off(self, channels: Iterable[int] | None = None) -> None:
@@ -354,61 +385,14 @@ def _match(short: str, candidates: set[str], api: str) -> str:
 
 # ---------------------------------------------------------------------- JACK watch
 
-_MESSAGE = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
 _SHUTDOWN = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 _JACK_NO_START_SERVER = 0x01
-_libjack_cache: list = []
-
-
-def _to_debug(message: bytes) -> None:
-    log.debug("jack: %s", message.decode(errors="replace"))
-
-
-_quiet = _MESSAGE(_to_debug)  # kept alive for the life of the process
 
 
 def _libjack():
-    """The libjack python-rtmidi itself uses (its wheel carries one), quietened; None
-    where none can be loaded (then JACK speaks on stderr and nothing watches the server)."""
-    if _libjack_cache:
-        return _libjack_cache[0]
-    candidates = []
-    try:
-        with open("/proc/self/maps") as maps:  # the copy already loaded with rtmidi's module
-            candidates += sorted({line.split()[-1] for line in maps if "libjack" in line and "/" in line})
-    except OSError:
-        pass
-    package = os.path.dirname(os.path.dirname(rtmidi.__file__))
-    candidates += glob.glob(os.path.join(package, "python_rtmidi*", "libjack*"))
-    candidates += glob.glob(os.path.join(os.path.dirname(rtmidi.__file__), ".dylibs", "libjack*"))
-    system = ctypes.util.find_library("jack")
-    if system:
-        candidates.append(system)
-    lib = None
-    for path in candidates:
-        try:
-            lib = ctypes.CDLL(path)
-            break
-        except OSError:
-            continue
-    if lib is not None:
-        try:
-            lib.jack_client_open.restype = ctypes.c_void_p
-            lib.jack_client_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
-            lib.jack_on_shutdown.argtypes = [ctypes.c_void_p, _SHUTDOWN, ctypes.c_void_p]
-            lib.jack_client_close.argtypes = [ctypes.c_void_p]
-            lib.jack_get_buffer_size.restype = ctypes.c_uint32
-            lib.jack_get_buffer_size.argtypes = [ctypes.c_void_p]
-            lib.jack_get_sample_rate.restype = ctypes.c_uint32
-            lib.jack_get_sample_rate.argtypes = [ctypes.c_void_p]
-            lib.jack_set_error_function.argtypes = [_MESSAGE]
-            lib.jack_set_info_function.argtypes = [_MESSAGE]
-            lib.jack_set_error_function(_quiet)
-            lib.jack_set_info_function(_quiet)
-        except AttributeError:
-            lib = None
-    _libjack_cache.append(lib)
-    return lib
+    from .jack_midi import libjack  # the one loader of libjack, shared with the frame-accurate ports
+
+    return libjack()
 
 
 class _JackWatch:
@@ -430,9 +414,7 @@ class _JackWatch:
         status = ctypes.c_int(0)
         client = lib.jack_client_open(name.encode(), _JACK_NO_START_SERVER, ctypes.byref(status))
         if not client:
-            server = os.environ.get("JACK_DEFAULT_SERVER", "default")
-            raise MidiUnavailable(f"no JACK server is running (server '{server}'); start one "
-                                  "(jackd -d alsa / qjackctl) or use --midi-api alsa")
+            raise MidiUnavailable(no_jack_server())
         return cls(lib, client, on_gone)
 
     @property

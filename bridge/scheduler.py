@@ -3,17 +3,27 @@
 Notes are committed in beats (absolute positions on the host's timeline). One thread
 takes the earliest pending event, asks the Clock when that beat is due on its CURRENT
 line (so a tempo change or a clock correction that comes while it waits moves the due
-time), sleeps until shortly before (`SPIN_S`), and then spins the last stretch with
-`time.sleep(0)` so the send lands within a fraction of a millisecond of the due time.
+time), and hands it to the ports. Times are on the Clock's own line (`clock.now()`).
+
+- Timed ports (`ports.timed`: bridge/jack_midi on JACK) place a message at its frame
+  themselves: the player hands each one over `ports.schedule_ahead_s` before it is due,
+  with its due time, and sleeps coarsely.
+- Other ports send at once: the player sleeps until shortly before the due time
+  (`SPIN_S`), spins the last stretch with `time.sleep(0)`, and sends
+  `ports.output_latency_s` early (python-rtmidi on JACK writes at the next period).
+
 Coarse sleeps are at most `MAX_WAIT_S` long and wake early when notes are committed or
-the clock jumps, so nothing waits on stale information.
+the clock jumps, so nothing waits on stale information. All Notes Off at a model swap is
+handed over at its due time itself, never ahead, so that the notes after it cannot be
+silenced by it.
 
 No hung notes, ever: the scheduler knows which (channel, pitch) it has sounding.
 `panic()` (stop, locate, model swap, shutdown) drops what is pending, sends a note-off
 for every sounding note and then All Notes Off (CC 123) through the ports.
 
-The ports are anything with `send(channel, message)` and `notes_off(channels=None)`
-(bridge/midi_ports.MidiPorts); None plays nowhere (the plan over OSC still works).
+The ports are anything with `send(channel, message)` (timed ports: `send(channel,
+message, at=)`) and `notes_off(channels=None)` (bridge/midi_ports.MidiPorts,
+bridge/jack_midi.JackMidiPorts); None plays nowhere (the plan over OSC still works).
 """
 
 from __future__ import annotations
@@ -71,7 +81,8 @@ class _Event:
 
 @dataclass(frozen=True)
 class SentRecord:
-    """One sent note-on, for the timing benchmark: due and sent are time.monotonic()."""
+    """One sent note-on, for the timing benchmark: due and sent (handed to the ports) on
+    the Clock's time line."""
 
     beat: float
     channel: int
@@ -84,8 +95,11 @@ class Scheduler:
     def __init__(self, clock: Clock, ports: Ports | None) -> None:
         self.clock = clock
         self.ports = ports
-        # Sent this much before the beat, so that it sounds on it (see MidiPorts).
-        self.lead_s = float(getattr(ports, "output_latency_s", 0.0) or 0.0)
+        self.timed = bool(getattr(ports, "timed", False))
+        # Untimed ports: sent this much before the beat, so that it sounds on it (see MidiPorts).
+        self.lead_s = 0.0 if self.timed else float(getattr(ports, "output_latency_s", 0.0) or 0.0)
+        # Timed ports: handed over this much before the beat, to be placed at its frame.
+        self.ahead_s = float(getattr(ports, "schedule_ahead_s", 0.0) or 0.0) if self.timed else 0.0
         self._cond = threading.Condition()
         self._heap: list[_Event] = []
         self._seq = itertools.count()
@@ -193,12 +207,21 @@ class Scheduler:
                     continue
                 head = self._heap[0]
                 due = self.clock.time_at(head.beat) - self.lead_s
-                wait = due - time.monotonic()
+                if self.timed:
+                    ahead = 0.0 if head.channels is not None else self.ahead_s
+                    wait = due - ahead - self.clock.now()
+                    if wait > 0:
+                        self._wait(min(wait, MAX_WAIT_S) if math.isfinite(wait) else MAX_WAIT_S)
+                        continue
+                    heapq.heappop(self._heap)
+                    self._fire(head, due)
+                    continue
+                wait = due - self.clock.now()
                 if wait > SPIN_S:
                     self._wait(min(wait - SPIN_S, MAX_WAIT_S) if math.isfinite(wait) else MAX_WAIT_S)
                     continue
             # The last stretch: spin without the lock so commits are not held up.
-            while time.monotonic() < due:
+            while self.clock.now() < due:
                 time.sleep(0)
             with self._cond:
                 if not self._heap or self._heap[0] is not head or self.clock.time_at(head.beat) - self.lead_s > due + 1e-4:
@@ -229,35 +252,41 @@ class Scheduler:
             except Exception as exc:
                 log.error("all notes off / retarget failed: %s: %s", type(exc).__name__, exc)
             return
+        at = due if self.timed else None
         if event.kind == NOTE_OFF:
             if self._offs.get(key) is event:
                 del self._offs[key]
             if key in self._sounding:
                 self._sounding.discard(key)
-                self._send(event.channel, [0x80 | event.channel, event.pitch, 0])
+                self._send(event.channel, [0x80 | event.channel, event.pitch, 0], at)
             return
-        now = time.monotonic()
+        now = self.clock.now()
         if now - due > MAX_LATE_S:
             self.dropped_late += 1
             return
         if key in self._sounding:  # cannot happen with add()'s rule; end it cleanly anyway
-            self._send(event.channel, [0x80 | event.channel, event.pitch, 0])
+            self._send(event.channel, [0x80 | event.channel, event.pitch, 0], at)
         self._sounding.add(key)
-        self._send(event.channel, [0x90 | event.channel, event.pitch, event.velocity])
-        self.sent.append(SentRecord(event.beat, event.channel, event.pitch, due, time.monotonic()))
+        self._send(event.channel, [0x90 | event.channel, event.pitch, event.velocity], at)
+        self.sent.append(SentRecord(event.beat, event.channel, event.pitch, due, self.clock.now()))
 
-    def _send(self, channel: int, message: list[int]) -> None:
+    def _send(self, channel: int, message: list[int], at: float | None = None) -> None:
+        """Send now, or (timed ports) at `at` on the Clock's time line."""
         if self.ports is None:
             return
         try:
-            self.ports.send(channel, message)
+            if at is None:
+                self.ports.send(channel, message)
+            else:
+                self.ports.send(channel, message, at=at)
         except Exception as exc:  # a port that went away must not kill the player
             log.error("MIDI send failed: %s: %s", type(exc).__name__, exc)
 
     # ------------------------------------------------------------------ stats
 
     def timing(self) -> dict[str, Any]:
-        """Send error (sent - due) percentiles in ms over the notes sent so far."""
+        """Send error (sent - due) percentiles in ms over the notes sent so far (timed
+        ports: negative, how long before its time each was handed over)."""
         errors = sorted((r.sent - r.due) * 1000 for r in list(self.sent))
         if not errors:
             return {"notes": 0, "dropped_late": self.dropped_late}

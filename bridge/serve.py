@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import Callable
 
-from .engine import Engine
+from .engine import DEFAULT_BATCH_WINDOW_MS, DEFAULT_MAX_BATCH, Engine
 from .handlers import Bridge
 from .midi_ports import MidiPorts, MidiUnavailable, default_api
 from .osc_server import OscServer
@@ -65,7 +65,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stoppers: list[Callable[[], None]] = []
     try:
         osc.bind()
-        engine = Engine(args.model, device=args.device)
+        engine = Engine(args.model, device=args.device,
+                        batch_window_ms=getattr(args, "batch_window_ms", DEFAULT_BATCH_WINDOW_MS),
+                        max_batch=getattr(args, "max_batch", DEFAULT_MAX_BATCH))
         # Hot reload: watches the model folders unless --no-reload; /backline/model/load always works.
         reloader = Reloader(engine, watch=not getattr(args, "no_reload", False))
         osc.start(Bridge(engine, osc.send, osc.resolve, reloader=reloader))

@@ -1,18 +1,25 @@
 """Accompany a melody of any length with a generator.
 
 The melody is cut into consecutive windows of the model's length (the last one padded
-with silence), all windows run as one batch, and the probabilities are laid end to end
-before binarising. Decoding the whole roll at once is what makes the joins seamless: a
+with silence), the windows go through the model, and the probabilities are laid end to
+end before binarising. Decoding the whole roll at once is what makes the joins seamless: a
 note held across a join stays one note unless the model asks for a new onset there,
 every step is covered by exactly one window (no gap), and one roll cannot hold two notes
 of the same pitch at once (no doubled note).
+
+`accompany` is three steps, kept apart so that the bridge can put several melodies'
+windows through one model call: `prepare` (melody -> windows), `run_windows` (windows and
+noise -> probabilities, at most `MAX_RUN_WINDOWS` windows per model call) and `decode`
+(probabilities -> notes). A window's output does not depend on the other windows in its
+call (the generator has no batch statistics at inference): on the CPU provider it is the
+same to the bit in any batch, so batching changes no note (tests/test_batching.py).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -21,6 +28,11 @@ from .notes import Note, Roll, notes_to_roll, roll_to_notes, transpose_notes
 from .runtime import Generator, binarise
 from .spec import GeneratorSpec, TrackSpec
 from .errors import BacklineError
+
+# Windows per model call. ONNX Runtime's working memory grows with the batch: a
+# 10,000-beat melody (834 windows) in one call peaked at 1.1 GB of RSS, in calls of 32 at
+# 0.23 GB; and on a CPU the time per window stops falling well below 32 windows a call.
+MAX_RUN_WINDOWS = 32
 
 
 class MelodyError(BacklineError, ValueError):
@@ -32,6 +44,29 @@ class Accompaniment:
     tracks: list[tuple[TrackSpec, list[Note]]]
     key: Key | None  # the melody's estimated key (None for a model without key normalisation)
     shift: int  # semitones the melody was moved before generation
+
+
+@dataclass(frozen=True)
+class PreparedMelody:
+    """A melody laid out for the model, with what decoding needs to undo the layout."""
+
+    windows: np.ndarray  # float32 [n_windows, window_steps, n_pitches], 0/1
+    n_steps: int  # the melody's length in steps (the last window is padded past it)
+    first_beat: float  # where its first note starts
+    key: Key | None
+    shift: int
+
+    @property
+    def n_windows(self) -> int:
+        return self.windows.shape[0]
+
+
+@dataclass(frozen=True)
+class WindowProbabilities:
+    """The model's output for one melody, laid end to end: `[n_tracks, n_steps, n_pitches]`."""
+
+    frames: np.ndarray
+    onsets: np.ndarray
 
 
 def melody_shift(notes: Sequence[Note], spec: GeneratorSpec) -> tuple[Key | None, int]:
@@ -54,17 +89,8 @@ def melody_shift(notes: Sequence[Note], spec: GeneratorSpec) -> tuple[Key | None
     return key, shift
 
 
-def accompany(
-    generator: Generator,
-    melody: Sequence[Note],
-    *,
-    seed: int = 0,
-    threshold: float | None = None,
-    sample: bool = False,
-    velocity: int = 90,
-) -> Accompaniment:
-    """Generate the model's tracks for `melody` (times in beats from a barline)."""
-    spec = generator.spec
+def prepare(spec: GeneratorSpec, melody: Sequence[Note]) -> PreparedMelody:
+    """The melody's windows for the model (MelodyError if it has no notes or too wide a range)."""
     notes = [n for n in melody if not n.mute and n.duration > 0]
     if not notes:
         raise MelodyError("the melody has no notes to accompany; record or pick a track with notes")
@@ -76,22 +102,119 @@ def accompany(
         transpose_notes(notes, shift), n_windows * spec.window_steps,
         spec.steps_per_beat, spec.lowest_pitch, spec.n_pitches, clip=False,
     )
-    windows = roll.frames.reshape(n_windows, spec.window_steps, spec.n_pitches)
-    probs = generator.run(windows.astype(np.float32), generator.draw_z(seed, n_windows))
-    # [windows, K, T, P] -> [K, windows * T, P], cut to the melody's length
-    frames = np.concatenate(list(probs.frames), axis=1)[:, :n_steps]
-    onsets = np.concatenate(list(probs.onsets), axis=1)[:, :n_steps]
+    windows = roll.frames.reshape(n_windows, spec.window_steps, spec.n_pitches).astype(np.float32)
+    return PreparedMelody(windows, n_steps, min(n.start for n in notes), key, shift)
+
+
+def run_windows(
+    generator: Generator,
+    melodies: Sequence[tuple[PreparedMelody, np.ndarray]],
+    max_windows: int | None = None,
+) -> Iterator[WindowProbabilities]:
+    """Put every (melody, z) pair's windows through the model, packed end to end into calls
+    of at most `max_windows` windows (several melodies share a call, a long one spans
+    several). Yields each melody's probabilities, in order, as soon as its last window ran.
+    z is `[n_windows, z_dim]` for each melody. max_windows: MAX_RUN_WINDOWS unless given."""
+    max_windows = MAX_RUN_WINDOWS if max_windows is None else max_windows
+    if max_windows < 1:
+        raise ValueError("max_windows must be at least 1")
+    spec = generator.spec
+
+    def empty(n_windows: int) -> np.ndarray:
+        return np.empty((spec.n_tracks, n_windows, spec.window_steps, spec.n_pitches), np.float32)
+
+    outputs = [(empty(m.n_windows), empty(m.n_windows)) for m, _ in melodies]
+    # The calls: runs of (melody index, first window, window count), packed in order.
+    pieces: list[tuple[int, int, int]] = []
+    room = max_windows
+    done = 0  # melodies yielded so far
+    for index, (melody, _) in enumerate(melodies):
+        start = 0
+        while start < melody.n_windows:
+            count = min(room, melody.n_windows - start)
+            pieces.append((index, start, count))
+            start += count
+            room -= count
+            if room == 0:
+                _run_call(generator, melodies, pieces, outputs)
+                while done < index + (start == melody.n_windows):
+                    yield _finished(outputs, done, melodies)
+                    done += 1
+                pieces, room = [], max_windows
+    if pieces:
+        _run_call(generator, melodies, pieces, outputs)
+    while done < len(melodies):
+        yield _finished(outputs, done, melodies)
+        done += 1
+
+
+def _run_call(generator: Generator, melodies, pieces, outputs) -> None:
+    """One model call over `pieces`; each piece's output is written into its melody's arrays."""
+    windows = [melodies[i][0].windows[s:s + n] for i, s, n in pieces]
+    noise = [melodies[i][1][s:s + n] for i, s, n in pieces]
+    if len(pieces) == 1:
+        probs = generator.run(windows[0], noise[0])
+    else:
+        probs = generator.run(np.concatenate(windows), np.concatenate(noise))
+    at = 0
+    for i, s, n in pieces:
+        frames, onsets = outputs[i]
+        # [batch, K, T, P] -> the melody's [K, windows, T, P]
+        frames[:, s:s + n] = probs.frames[at:at + n].transpose(1, 0, 2, 3)
+        onsets[:, s:s + n] = probs.onsets[at:at + n].transpose(1, 0, 2, 3)
+        at += n
+
+
+def _finished(outputs: list, index: int, melodies) -> WindowProbabilities:
+    """Melody `index`'s output, handed over (the list lets go of it: a batch holds only
+    what is still being filled)."""
+    frames, onsets = outputs[index]
+    outputs[index] = None
+    n_steps = melodies[index][0].n_steps
+    k, w, t, p = frames.shape
+    # [K, windows, T, P] -> [K, windows * T, P] (no copy), cut to the melody's length
+    return WindowProbabilities(frames.reshape(k, w * t, p)[:, :n_steps], onsets.reshape(k, w * t, p)[:, :n_steps])
+
+
+def decode(
+    spec: GeneratorSpec,
+    melody: PreparedMelody,
+    probs: WindowProbabilities,
+    *,
+    seed: int = 0,
+    threshold: float | None = None,
+    sample: bool = False,
+    velocity: int = 90,
+) -> Accompaniment:
+    """The model's probabilities for `melody` -> notes per track, back in the melody's key."""
     out_frames, out_onsets = binarise(
-        frames, onsets, spec, threshold=threshold, sample_seed=seed if sample else None
+        probs.frames, probs.onsets, spec, threshold=threshold, sample_seed=seed if sample else None
     )
     # The band comes in with the melody: nothing starts before its first note (a pickup
     # or a count-in of rests would otherwise get an accompaniment of its own).
-    first = min(n.start for n in notes)
+    first = melody.first_beat
     tracks = []
     for k, track in enumerate(spec.tracks):
         track_roll = Roll(out_frames[k], out_onsets[k], spec.steps_per_beat, spec.lowest_pitch)
-        played = transpose_notes(roll_to_notes(track_roll, velocity), -shift)
+        played = transpose_notes(roll_to_notes(track_roll, velocity), -melody.shift)
         # Moved back from a large shift (a very low or high melody), a note can leave MIDI's
         # 0..127; such a note cannot be written or played, so it is left out.
         tracks.append((track, [n for n in played if 0 <= n.pitch <= 127 and n.start >= first - 1e-9]))
-    return Accompaniment(tracks, key, shift)
+    return Accompaniment(tracks, melody.key, melody.shift)
+
+
+def accompany(
+    generator: Generator,
+    melody: Sequence[Note],
+    *,
+    seed: int = 0,
+    threshold: float | None = None,
+    sample: bool = False,
+    velocity: int = 90,
+) -> Accompaniment:
+    """Generate the model's tracks for `melody` (times in beats from a barline)."""
+    prepared = prepare(generator.spec, melody)
+    z = generator.draw_z(seed, prepared.n_windows)
+    [probs] = run_windows(generator, [(prepared, z)])
+    return decode(generator.spec, prepared, probs, seed=seed, threshold=threshold, sample=sample,
+                  velocity=velocity)

@@ -55,6 +55,15 @@ def pitch_class_histogram(notes: Iterable[Note]) -> np.ndarray:
     return histogram
 
 
+def _centred_profiles() -> np.ndarray:
+    """[2, 12, 12]: [mode, tonic] -> the K–K profile rotated to that tonic, mean removed,
+    scaled to unit length (computed once: key finding runs for every clip)."""
+    rotated = np.stack([np.stack([np.roll(profile, tonic) for tonic in range(12)])
+                        for profile in (KK_MAJOR, KK_MINOR)]).astype(float)
+    rotated -= rotated.mean(axis=2, keepdims=True)
+    return rotated / np.sqrt((rotated * rotated).sum(axis=2, keepdims=True))
+
+
 def key_correlations(histogram: np.ndarray) -> np.ndarray:
     """Pearson correlations [2, 12] of `histogram` with the rotated K–K profiles.
 
@@ -64,15 +73,12 @@ def key_correlations(histogram: np.ndarray) -> np.ndarray:
     h = np.asarray(histogram, dtype=float).reshape(12)
     h = h - h.mean()
     h_norm = np.sqrt((h * h).sum())
-    out = np.zeros((2, 12), dtype=float)
     if h_norm == 0.0:
-        return out
-    for row, profile in enumerate((KK_MAJOR, KK_MINOR)):
-        for tonic in range(12):
-            p = np.roll(profile, tonic)
-            p = p - p.mean()
-            out[row, tonic] = float((h * p).sum() / (h_norm * np.sqrt((p * p).sum())))
-    return out
+        return np.zeros((2, 12), dtype=float)
+    return _PROFILES @ (h / h_norm)
+
+
+_PROFILES = _centred_profiles()
 
 
 def key_from_histogram(histogram: np.ndarray) -> Key:

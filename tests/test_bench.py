@@ -16,16 +16,18 @@ def test_bench_prints_every_row_with_numbers(tmp_path):
     model = tmp_path / "fixed.onnx"
     write_fixed_model(model)
     figures = tmp_path / "bench.json"
-    result = run_backline("bench", "--runs", "5", "--model", model, "--no-live", "--device", "cpu",
-                          "--json", figures)
+    result = run_backline("bench", "--runs", "5", "--model", model, "--parts", "latency,clients", "--device", "cpu",
+                          "--clients", "1,2", "--level-seconds", "0.5", "--json", figures)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("backline bench: model fixed on CPUExecutionProvider; 4-bar clip (15 notes, 16 beats")
     assert "5 runs each" in lines[0]
-    assert re.fullmatch(r"\s+p50\s+p99\s+max", lines[1])
+    assert lines[1] == "inference: skipped"
+    assert re.fullmatch(r"\s+p50\s+p99\s+max", lines[2])
     rows = {}
     for label, unit in (("bare model call (accompany)", "ms"), ("clip round trip (OSC, loopback)", "ms"),
-                        ("ratio round trip / bare call", "x")):
+                        ("ratio round trip / bare call", "x"), ("clip round trip, batching off", "ms"),
+                        ("ratio batching on / off", "x")):
         line = next(line for line in lines if line.startswith(label))
         match = re.fullmatch(re.escape(label) + rf"\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{unit}", line)
         assert match, line
@@ -34,11 +36,116 @@ def test_bench_prints_every_row_with_numbers(tmp_path):
         if unit == "ms":  # a ratio of percentiles need not grow from p50 to max
             assert p50 <= p99 <= top
         rows[label] = p50
-    assert lines[-1] == "live: skipped (--no-live)"
+    # The concurrency table: a row per level and batching mode, then a summary per mode.
+    header = lines.index(next(line for line in lines if line.startswith("concurrent clients")))
+    assert lines[header + 1].split() == ["clients", "batching", "sent", "replies", "errors", "busy", "lost",
+                                         "p50", "p99", "max", "clips/s", "vs", "1st"]
+    level_rows = [line.split() for line in lines[header + 2:header + 6]]
+    assert [(r[0], r[1]) for r in level_rows] == [("1", "on"), ("1", "off"), ("2", "on"), ("2", "off")]
+    for r in level_rows:
+        sent, replies, errors, busy, lost = map(int, r[2:7])
+        assert sent > 0 and sent == replies + errors + busy + lost
+        p50, p99, top, rate = map(float, r[7:11])
+        assert 0 < p50 <= p99 <= top and rate > 0 and r[11].endswith("x")
+    summary = lines[header + 6:header + 8]
+    assert [line.split(":")[0] for line in summary] == ["batching on", "batching off"]
+    assert all("throughput at saturation" in line and "clips/s" in line for line in summary)
+    assert lines[-1] == "live: skipped"
     saved = json.loads(figures.read_text())
-    assert saved["runs"] == 5 and saved["round_trip_ms"]["runs"] == 5 and saved["round_trip_ms"]["failed"] == 0
-    assert saved["bare_call_ms"]["p50"] > 0 and saved["live"]["available"] is False
-    assert abs(saved["ratio_round_trip_over_bare"]["p50"] - rows["ratio round trip / bare call"]) < 0.01
+    latency = saved["latency"]
+    assert saved["runs"] == 5 and latency["round_trip_ms"]["runs"] == 5 and latency["round_trip_ms"]["failed"] == 0
+    assert latency["round_trip_unbatched_ms"]["runs"] == 5 and latency["round_trip_unbatched_ms"]["failed"] == 0
+    assert latency["bare_call_ms"]["p50"] > 0 and saved["live"]["available"] is False
+    assert abs(latency["ratio_round_trip_over_bare"]["p50"] - rows["ratio round trip / bare call"]) < 0.01
+    clients = saved["clients"]
+    assert clients["levels"] == [1, 2] and set(clients["batching"]) == {"on", "off"}
+    for mode, levels in clients["batching"].items():
+        assert [level["clients"] for level in levels] == [1, 2]
+        assert clients[f"saturation_{mode}"]["clips_per_s"] == max(level["clips_per_s"] for level in levels)
+
+
+def test_bench_parts_can_be_skipped(tmp_path):
+    figures = tmp_path / "bench.json"
+    model = tmp_path / "fixed.onnx"
+    write_fixed_model(model)
+    result = run_backline("bench", "--parts", "clients", "--clients", "1", "--level-seconds", "0.3", "--no-unbatched",
+                          "--model", model, "--device", "cpu", "--json", figures)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert {"inference: skipped", "latency: skipped", "training: skipped", "live: skipped"} <= set(lines)
+    assert [line.split()[:2] for line in lines if line.strip().startswith("1 ")] == [["1", "on"]]
+    saved = json.loads(figures.read_text())
+    assert saved["latency"] == {"available": False, "reason": "skipped"}
+    assert list(saved["clients"]["batching"]) == ["on"]
+
+
+def test_bench_compares_onnxruntime_with_pytorch_and_times_training(tiny_model, tmp_path):
+    """Parts (a) and (d) on a real exported U-Net: the PyTorch twin matches ONNX Runtime,
+    both batch sizes get a ratio, and training gives windows per second."""
+    figures = tmp_path / "bench.json"
+    result = run_backline("bench", "--parts", "inference,training", "--runs", "3", "--training-seconds", "1",
+                          "--model", tiny_model, "--device", "cpu", "--json", figures)
+    assert result.returncode == 0, result.stderr
+    assert "ONNX Runtime vs PyTorch eager: model tiny" in result.stdout
+    assert "training throughput:" in result.stdout
+    saved = json.loads(figures.read_text())
+    inference, training = saved["inference"], saved["training"]
+    assert inference["available"] is True and inference["max_abs_diff"] < 1e-4
+    assert [row["batch"] for row in inference["batches"]] == [1, 32]
+    assert all(row["ratio_torch_over_onnxruntime"]["p50"] > 0 for row in inference["batches"])
+    assert training["available"] is True and training["samples_per_s"] > 0
+
+
+def test_bench_says_why_a_model_has_no_pytorch_twin(tmp_path):
+    model = tmp_path / "fixed.onnx"
+    write_fixed_model(model)
+    result = run_backline("bench", "--parts", "inference", "--runs", "2", "--model", model, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "ONNX Runtime vs PyTorch: not available (" in result.stdout
+
+
+def test_bench_options_are_checked():
+    for option, value, text in (("--clients", "4,1", "is not a list of rising client counts 1..256"),
+                                ("--clients", "0", "is not a list of rising client counts 1..256"),
+                                ("--parts", "latency,speed", "give parts from inference,latency,clients,training,live")):
+        result = run_backline("bench", option, value)
+        assert result.returncode == 2 and text in result.stderr.splitlines()[-1], result.stderr
+
+
+def test_level_figures_account_for_every_clip():
+    """Hand-made clips (outcome, sent s, done s, ms) from two clients over a 2 s level."""
+    from backline.bridge import bench
+
+    warm = bench.LEVEL_WARMUP_S
+    one = [("ok", 0.1, 0.2, 100.0), ("ok", warm, warm + 0.5, 500.0), ("busy", warm + 0.5, warm + 0.6, 1.0),
+           ("ok", warm + 0.6, warm + 2.5, 1900.0)]  # done after the window: timed, not counted as throughput
+    two = [("ok", warm + 0.1, warm + 0.3, 200.0), ("lost", warm + 0.3, warm + 10.3, 10000.0),
+           ("short", warm + 0.4, warm + 0.5, 100.0), ("error", warm + 0.5, warm + 0.6, 100.0)]
+    figures = bench.level_figures([one, two], 2.0)
+    assert {k: figures[k] for k in ("clients", "sent", "replies", "errors", "busy", "short", "lost")} == {
+        "clients": 2, "sent": 8, "replies": 4, "errors": 1, "busy": 1, "short": 1, "lost": 1}
+    assert figures["round_trip_ms"]["runs"] == 3 and figures["round_trip_ms"]["max"] == 1900.0
+    assert figures["clips_per_s"] == 1.0  # 2 replies done inside the 2 s window
+
+
+def test_bench_clients_import_no_model_runtime():
+    """The client processes stay light: python-osc and numpy, no ONNX Runtime, no torch."""
+    import subprocess
+    import sys
+
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))  # nobody answers here: the client pings, gives up, exits 1
+        code = ("import sys, runpy; sys.argv = ['bench', '--client', '--worker', '--ports', "
+                f"'{s.getsockname()[1]}', '--notes', '[[60, 0.0, 1.0, 100, 0]]']\n"
+                "try:\n    runpy.run_module('backline.bridge.bench', run_name='__main__')\n"
+                "except SystemExit as exit:\n    assert exit.code == 1\n"
+                "print(sorted(m for m in ('pythonosc', 'numpy', 'onnxruntime', 'torch', 'mido') if m in sys.modules))")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "no Backline bridge answered" in result.stderr
+    assert result.stdout.strip() == "['numpy', 'pythonosc']"
 
 
 def test_bench_live_reports_why_it_is_missing(monkeypatch):
@@ -84,7 +191,7 @@ def test_bench_client_survives_a_server_that_never_answers():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
         try:
-            bench.client_main(port, 1)
+            bench.client_main([port], 1, bench.clip_melody())
         except BacklineError as exc:
             assert "no Backline bridge answered" in str(exc)
         else:

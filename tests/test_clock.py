@@ -184,3 +184,49 @@ def test_a_first_tick_half_an_interval_after_start_is_beat_zero():
         fed.follower.feed([CLOCK], T0 + i * spacing)
     assert fed.follower.lost_ticks == 0
     assert fed.clock.time_at(4.0) == pytest.approx(T0 + 2.0, abs=1e-6)
+
+
+def test_with_arrival_times_a_stall_is_not_taken_for_lost_ticks():
+    """Arrival-timed ticks (python-rtmidi): the host's timeline stalled for three tick
+    intervals (a JACK xrun: the frames, and the ticks written at them, fell behind). Every
+    tick still came, so the tick after the gap is the next beat position, and the line
+    restarts from the ticks after the gap. (The same ticks on exact times would be three
+    lost ticks: see test_a_lost_tick_does_not_shift_the_beat.)"""
+    clock = Clock(tempo=100.0, now=lambda: T0)
+    follower = MidiClockFollower(clock, exact_times=False)
+    spacing = 0.5 / 24  # 120 BPM
+    stall = 3 * spacing
+    follower.feed([START], T0)
+    for i in range(96):
+        follower.feed([CLOCK], T0 + i * spacing + (stall if i >= 48 else 0.0))
+    assert follower.lost_ticks == 0
+    assert clock.tempo == pytest.approx(120.0, rel=1e-6)
+    # Beat 3 is tick 72, which came `stall` late: the beat follows the host, not the wall clock.
+    assert clock.time_at(3.0) == pytest.approx(T0 + 72 * spacing + stall, abs=1e-6)
+    exact = Fed(tempo=100)  # the same times taken as exact: tick 48 is read as tick 51
+    exact.follower.feed([START], T0)
+    for i in range(96):
+        exact.follower.feed([CLOCK], T0 + i * spacing + (stall if i >= 48 else 0.0))
+    assert exact.follower.lost_ticks == 3
+
+
+@pytest.mark.parametrize("lost", [0, 1, 2])
+def test_start_a_period_before_beat_zero_with_ticks_lost_after_it(lost):
+    """jack_midi_clock writes Start one JACK period before beat 0's tick. With that period
+    as the follower's start slack, the first tick heard is still placed right whether or
+    not the ticks after Start were lost; without it, a lost tick 0 would go unnoticed."""
+    period = 256 / 48000
+    spacing = 60 / (180 * 24)  # 180 BPM: Start lies 0.38 of an interval before beat 0
+    clock = Clock(tempo=100.0, now=lambda: T0)
+    follower = MidiClockFollower(clock, start_slack=period)
+    follower.feed([START], T0 - period)
+    for i in range(lost, 72):
+        follower.feed([CLOCK], T0 + i * spacing)
+    assert follower.lost_ticks == lost
+    assert clock.time_at(2.0) == pytest.approx(T0 + 48 * spacing, abs=1e-6)
+    if lost:
+        blind = MidiClockFollower(Clock(tempo=100.0, now=lambda: T0))  # no slack: Start "with" beat 0
+        blind.feed([START], T0 - period)
+        for i in range(lost, 72):
+            blind.feed([CLOCK], T0 + i * spacing)
+        assert blind.lost_ticks == 0

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import rtmidi
 
+from backline.bridge.bench_live import FrameRecorder
 from backline.bridge.midi_ports import MidiPorts, MidiUnavailable, track_channel
 from backline.models.spec import TrackSpec
 
@@ -27,43 +28,65 @@ TRACKS = (TrackSpec("Bass", 32, 1), TrackSpec("Drums", 0, 9, is_drum=True), Trac
 
 
 class Recorder:
-    """A python-rtmidi input port on JACK that keeps everything it receives."""
+    """Everything a port sends, heard by a JACK client in a process of its own (bench_live's
+    FrameRecorder). The peers live outside the test process: a python-rtmidi JACK client
+    holds the GIL while it waits for the server, which stalls the frame-accurate ports'
+    process callback in the same process (bridge/jack_midi)."""
 
     def __init__(self, jack: JackServer, source: str, name: str = "recorder") -> None:
-        self.port = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name=name)
-        self.port.ignore_types(sysex=True, timing=False, active_sense=True)
-        self.messages: queue.Queue[list[int]] = queue.Queue()
-        self.port.set_callback(lambda event, _: self.messages.put(event[0]))
-        self.port.open_virtual_port("in")
-        jack.wait_for_port(f"{name}:in")
-        jack.connect(source, f"{name}:in")
+        self.recorder = FrameRecorder(name)
+        jack.wait_for_port(self.recorder.port)
+        jack.connect(source, self.recorder.port)
         time.sleep(0.05)
 
-    def take(self, n: int, timeout: float = 3.0) -> list[list[int]]:
-        got = []
-        deadline = time.monotonic() + timeout
-        while len(got) < n and (left := deadline - time.monotonic()) > 0:
-            try:
-                got.append(self.messages.get(timeout=left))
-            except queue.Empty:
-                break
-        return got
-
-    def rest(self, wait: float = 0.2) -> list[list[int]]:
+    def messages(self, wait: float = 0.2) -> list[list[int]]:
+        """Stop listening after `wait` seconds; every message heard, in order."""
         time.sleep(wait)
-        got = []
-        while not self.messages.empty():
-            got.append(self.messages.get())
-        return got
+        return [m for _, m in self.recorder.stop().events]
 
     def close(self) -> None:
-        self.port.close_port()
-        self.port.delete()
+        self.recorder.close()
 
 
-@pytest.fixture
-def ports(jack):
-    p = MidiPorts.open("jack", TRACKS)
+class Sender:
+    """A python-rtmidi JACK output `host:clock` in a process of its own: `send(messages)`."""
+
+    SCRIPT = ("import sys, rtmidi\n"
+              "out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name='host')\n"
+              "out.open_virtual_port('clock')\n"
+              "print('ready', flush=True)\n"
+              "for line in sys.stdin:\n"
+              "    if line.strip() == 'quit':\n"
+              "        break\n"
+              "    for message in line.split(';'):\n"
+              "        out.send_message(list(bytes.fromhex(message)))\n"
+              "    print('sent', flush=True)\n"
+              "out.close_port()\n"
+              "out.delete()  # closes the JACK client: a client that just vanishes stalls jackd's shutdown\n")
+
+    def __init__(self, jack: JackServer) -> None:
+        self.process = subprocess.Popen([sys.executable, "-c", self.SCRIPT], env=jack.env, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert self.process.stdout.readline().strip() == "ready"
+        self.port = "host:clock"
+
+    def send(self, messages: list[list[int]]) -> None:
+        self.process.stdin.write(";".join(bytes(m).hex() for m in messages) + "\n")
+        self.process.stdin.flush()
+        assert self.process.stdout.readline().strip() == "sent"
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.write("quit\n")
+            self.process.stdin.flush()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture(params=["frames", "rtmidi"])
+def ports(jack, request):
+    """Both JACK backends: the frame-accurate ports (bridge/jack_midi.py) and python-rtmidi's."""
+    p = MidiPorts.open("jack", TRACKS, frames=request.param == "frames")
+    assert p.frame_accurate == (request.param == "frames")
     yield p
     p.close()
 
@@ -93,11 +116,11 @@ def test_per_track_ports_one_output_per_track_and_retarget(jack):
         try:
             assert p.send(1, [0x90, 40, 100]) and p.send(9, [0x90, 36, 100])
             assert p.send(5, [0x90, 50, 100]) is False  # no track on channel 6
-            assert rec.take(1) == [[0x91, 40, 100]]
-            assert rec.rest() == []  # the drum note went to the drums port only
+            time.sleep(0.1)
             # Another model: only a piano on channel 4. The bass note is silenced first.
             p.retarget([TrackSpec("Piano", 0, 3)])
-            assert rec.take(2) == [[0x81, 40, 0], [0xB1, 123, 0]]
+            # (the drum note went to the drums port only)
+            assert rec.messages() == [[0x91, 40, 100], [0x81, 40, 0], [0xB1, 123, 0]]
         finally:
             rec.close()
         assert [name.split(":", 1)[1] for name in p.port_names] == ["backline in", "backline piano"]
@@ -115,19 +138,18 @@ def test_send_carries_exact_bytes_and_notes_off_silences_what_sounds(jack, ports
         ports.send(1, [0x90, 43, 90])
         ports.send(1, [0x80, 40, 0])
         ports.send(2, [0xC0, 65])
-        assert rec.take(5) == [[0x91, 40, 100], [0x99, 36, 110], [0x91, 43, 90], [0x81, 40, 0], [0xC2, 65]]
         ports.notes_off()
-        # Note-offs for the two notes still sounding, then All Notes Off on each used channel.
-        assert rec.take(5) == [[0x81, 43, 0], [0x89, 36, 0], [0xB1, 123, 0], [0xB2, 123, 0], [0xB9, 123, 0]]
-        assert rec.rest() == []
         ports.notes_off(channels=[9])  # nothing sounds any more: only the CC
-        assert rec.take(1) == [[0xB9, 123, 0]]
         ports.send(2, [0x90, 70, 80])  # close() silences too, then the ports go
         ports.close()
         ports.close()  # idempotent
-        assert rec.take(5, timeout=1.0) == [[0x92, 70, 80], [0x82, 70, 0],
-                                              [0xB1, 123, 0], [0xB2, 123, 0], [0xB9, 123, 0]]
         assert ports.send(1, [0x90, 40, 100]) is False and not ports.healthy
+        assert rec.messages() == [
+            [0x91, 40, 100], [0x99, 36, 110], [0x91, 43, 90], [0x81, 40, 0], [0xC2, 65],
+            # Note-offs for the two notes still sounding, then All Notes Off on each used channel.
+            [0x81, 43, 0], [0x89, 36, 0], [0xB1, 123, 0], [0xB2, 123, 0], [0xB9, 123, 0],
+            [0xB9, 123, 0],
+            [0x92, 70, 80], [0x82, 70, 0], [0xB1, 123, 0], [0xB2, 123, 0], [0xB9, 123, 0]]
     finally:
         rec.close()
 
@@ -135,16 +157,14 @@ def test_send_carries_exact_bytes_and_notes_off_silences_what_sounds(jack, ports
 def test_input_callback_gets_clock_transport_and_notes(jack, ports):
     got: queue.Queue[tuple[list[int], float]] = queue.Queue()
     ports.set_input_callback(lambda message, when: got.put((message, when)))
-    sender = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="host")
-    sender.open_virtual_port("clock")
+    sender = Sender(jack)
     try:
-        jack.wait_for_port("host:clock")
-        jack.connect("host:clock", ports.port_names[0])
+        jack.wait_for_port(sender.port)
+        jack.connect(sender.port, ports.port_names[0])
         time.sleep(0.05)
         sent = [[0xF2, 0, 0], [0xFA], [0xF8], [0xF8], [0x90, 72, 99], [0xF8], [0xFC], [0xFB], [0x80, 72, 0]]
-        before = time.monotonic()
-        for message in sent:
-            sender.send_message(message)
+        before = ports.now()  # input times are on the ports' own time line
+        sender.send(sent)
         received = []
         deadline = time.monotonic() + 3
         while len(received) < len(sent) and time.monotonic() < deadline:
@@ -153,10 +173,13 @@ def test_input_callback_gets_clock_transport_and_notes(jack, ports):
             except queue.Empty:
                 pass
         assert [m for m, _ in received] == sent
-        assert all(before <= t <= time.monotonic() for _, t in received)
+        # On JACK's frame line the time is the frame the message was written at, which can
+        # lie a little before the frame JACK estimated for the moment of sending (the cycle
+        # that carries it covers the period just gone); 0.1 s allows a late cycle on top.
+        assert all(before - 0.1 <= t <= ports.now() for _, t in received), (before, received)
+        assert [t for _, t in received] == sorted(t for _, t in received)
     finally:
-        sender.close_port()
-        sender.delete()
+        sender.close()
 
 
 def test_jack_midi_clock_start_and_clock_arrive(jack, ports):
@@ -181,7 +204,7 @@ def test_jack_midi_clock_start_and_clock_arrive(jack, ports):
                 pass
         assert 0xFA in statuses and statuses.count(0xF8) >= 6, statuses
     finally:
-        clock.terminate()
+        clock.send_signal(signal.SIGINT)  # SIGTERM hangs jackd (and leaks its registry slot)
         clock.wait(timeout=5)
 
 
@@ -237,7 +260,7 @@ def test_serve_opens_the_ports_and_closes_them_on_sigterm(jack, fixed_model, tmp
         srv.stop()
     try:
         # Nothing was played, so nothing may sound: at most All Notes Off, never a note-on.
-        assert all(m[0] & 0xF0 != 0x90 for m in rec.rest(0.3))
+        assert all(m[0] & 0xF0 != 0x90 for m in rec.messages(0.3))
         assert not any(name in jack.ports() for name in names)
     finally:
         rec.close()
@@ -292,3 +315,68 @@ def test_serve_survives_the_jack_server_going_away(jack, fixed_model, tmp_path):
     gone = [line for line in srv.stderr().splitlines() if "JACK" in line]
     assert gone == ["backline: the JACK server went away; virtual MIDI is off (OSC still serves); "
                     "restart backline serve once JACK runs again"], srv.stderr()
+
+
+# --------------------------------------------------------------------------- frame-accurate ports
+
+
+def test_frame_ports_write_each_message_at_its_frame_and_time_input_by_frame(jack):
+    """bridge/jack_midi: a message sent with `at` sits at exactly that frame (checked by a
+    JACK-Client recorder that reads frames itself), and input is timed by the frame the
+    sender wrote it at (the recorder and the ports see jack_midi_clock's ticks at the same
+    frames)."""
+    clock_tool = require("jack_midi_clock", "jack-midi-clock")
+    ports = MidiPorts.open("jack", TRACKS)
+    recorder = FrameRecorder("frame-recorder")
+    clock = subprocess.Popen([clock_tool, "-b", "180", "-B"], env=jack.env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    got: queue.Queue[tuple[list[int], float]] = queue.Queue()
+    try:
+        assert ports.timed and ports.frame_accurate
+        ports.set_input_callback(lambda message, when: got.put((message, when)))
+        jack.wait_for_port("jack_midi_clock:mclk_out")
+        jack.wait_for_port(recorder.port)
+        jack.connect(ports.port_names[1], recorder.port)
+        jack.connect("jack_midi_clock:mclk_out", recorder.port)
+        jack.connect("jack_midi_clock:mclk_out", ports.port_names[0])
+        start = ports.now() + 0.2
+        times = [start + i * 0.0371 for i in range(8)]  # off the period grid on purpose
+        for i, at in enumerate(times):
+            assert ports.send(1, [0x90, 60 + i, 100], at=at)
+        jack.transport("play")
+        time.sleep(0.6)
+        jack.transport("stop")
+        time.sleep(0.2)
+        rec = recorder.stop()
+        rate = ports.rate
+        ons = {m[1]: t for t, m in rec.events if m[0] == 0x91}
+        assert [round(ons[60 + i] * rate) for i in range(8)] == [round(at * rate) for at in times]
+        heard = []
+        while not got.empty():
+            message, when = got.get()
+            if message == [0xF8]:
+                heard.append(round(when * rate))
+        recorded = [round(t * rate) for t, m in rec.events if m == [0xF8]]
+        assert len(heard) >= 10 and heard == recorded[:len(heard)], (heard[:5], recorded[:5])
+    finally:
+        recorder.close()
+        ports.close()
+        clock.send_signal(signal.SIGINT)  # SIGTERM hangs jackd
+        clock.wait(5)
+
+
+def test_frame_ports_notes_off_drops_what_is_not_out_yet(jack):
+    """A panic must not be followed by notes handed over before it: notes_off() drops the
+    timed messages still waiting, then silences what sounds."""
+    ports = MidiPorts.open("jack", TRACKS)
+    rec = Recorder(jack, ports.port_names[1])
+    try:
+        assert ports.send(1, [0x90, 40, 100])  # sounds at once
+        assert ports.send(1, [0x90, 41, 100], at=ports.now() + 0.3)  # not out yet
+        time.sleep(0.1)
+        ports.notes_off()
+        # The note-on at +0.3 s never came, and needed no note-off.
+        assert rec.messages(0.5) == [[0x91, 40, 100], [0x81, 40, 0], [0xB1, 123, 0]]
+    finally:
+        rec.close()
+        ports.close()

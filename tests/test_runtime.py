@@ -267,7 +267,7 @@ def test_cpu_device_means_the_cpu_provider():
 
 
 def test_auto_is_cpu_only_without_a_gpu():
-    from backline.models.runtime import _gpu_driver_present
+    from backline.models.providers import gpu_driver_present as _gpu_driver_present
 
     if _gpu_driver_present():
         pytest.skip("this machine has an NVIDIA driver")
@@ -300,7 +300,7 @@ def test_the_provider_is_logged_once(tiny_model, tmp_path):
     out = tmp_path / "out.mid"
     result = run_backline("accompany", melody, "-o", out, "--model", tiny_model)
     assert result.returncode == 0, result.stderr
-    from backline.models.runtime import _gpu_driver_present
+    from backline.models.providers import gpu_driver_present as _gpu_driver_present
 
     if not _gpu_driver_present():
         assert result.stderr.count("runs on CPUExecutionProvider") == 1, result.stderr
@@ -381,3 +381,301 @@ def test_models_command_lists_good_and_broken_models(models_dir):
     assert verbose.returncode == 0, verbose.stderr
     assert f"card: {models_dir / 'tiny.md'}" in verbose.stdout
     assert "epochs: 1" in verbose.stdout
+
+
+# --------------------------------------------------------------------------- I/O binding
+
+
+def random_windows(spec, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    melodies = (rng.random((batch, spec.window_steps, spec.n_pitches)) < 0.05).astype(np.float32)
+    return melodies, rng.standard_normal((batch, spec.z_dim)).astype(np.float32)
+
+
+def plain_run(generator: Generator, melodies: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The model through plain session.run, in Generator.run's output layout."""
+    spec = generator.spec
+    shaped = melodies.reshape(-1, spec.bars, spec.steps_per_bar, spec.n_pitches)
+    frames, onsets = generator.session.run(["accompaniment", "onsets"], {"melody": shaped, "z": z})
+    shape = (melodies.shape[0], spec.n_tracks, spec.window_steps, spec.n_pitches)
+    return frames.reshape(shape), onsets.reshape(shape)
+
+
+def test_cpu_runs_through_io_binding_with_buffers_per_batch_size(tiny_model):
+    from backline.models.session import BoundRunner
+
+    generator = Generator(tiny_model, device="cpu")
+    runner = generator._execution.runner
+    assert isinstance(runner, BoundRunner) and runner.device == "cpu"
+    for batch, seed in ((1, 0), (3, 1), (1, 2)):
+        melodies, z = random_windows(generator.spec, batch, seed)
+        probs = generator.run(melodies, z)
+        frames, onsets = plain_run(generator, melodies, z)
+        # The same session, the same inputs: bound buffers must give exactly session.run's answer.
+        assert np.array_equal(probs.frames, frames) and np.array_equal(probs.onsets, onsets)
+    assert runner.cached_batches() == [3, 1]  # one set of buffers per batch size, most recent last
+
+
+def test_buffers_are_evicted_least_recently_used_first(tiny_model):
+    from backline.models.session import MAX_CACHED_BATCHES
+
+    generator = Generator(tiny_model, device="cpu", announce=False)
+    sizes = list(range(1, MAX_CACHED_BATCHES + 3))
+    for batch in sizes:
+        melodies, z = random_windows(generator.spec, batch, batch)
+        assert np.array_equal(generator.run(melodies, z).frames, plain_run(generator, melodies, z)[0])
+    assert generator._execution.runner.cached_batches() == sizes[-MAX_CACHED_BATCHES:]
+
+
+def test_returned_probabilities_are_not_overwritten_by_the_next_call(tiny_model):
+    generator = Generator(tiny_model, device="cpu", announce=False)
+    first_inputs = random_windows(generator.spec, 2, 10)
+    first = generator.run(*first_inputs)
+    kept = first.frames.copy(), first.onsets.copy()
+    second = generator.run(*random_windows(generator.spec, 2, 11))  # same batch size: same buffers
+    assert not np.array_equal(second.frames, kept[0])
+    assert np.array_equal(first.frames, kept[0]) and np.array_equal(first.onsets, kept[1])
+
+
+def test_concurrent_calls_on_one_generator_each_get_their_own_answer():
+    """Two threads share one generator's bound buffers (the same batch size) while a third
+    runs another generator: every answer must be the one for its own inputs. The shipped
+    model is slow enough for calls to overlap (without the lock, many answers are wrong)."""
+    import threading
+
+    shared = registry.load("bach", device="cpu")
+    other = registry.load("bach", device="cpu")
+    cases = [random_windows(shared.spec, 2, seed) for seed in range(4)]
+    expected = [plain_run(shared, *case) for case in cases]
+    wrong: list[str] = []
+
+    def hammer(generator: Generator, offset: int) -> None:
+        for i in range(60):
+            k = (i + offset) % len(cases)
+            probs = generator.run(*cases[k])
+            if not (np.array_equal(probs.frames, expected[k][0]) and np.array_equal(probs.onsets, expected[k][1])):
+                wrong.append(f"call {i} of thread {offset} got another call's answer")
+
+    threads = [threading.Thread(target=hammer, args=(g, o)) for g, o in ((shared, 0), (shared, 1), (other, 2))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(t.is_alive() for t in threads)
+    assert wrong == []
+
+
+# --------------------------------------------------------------------------- CUDA graph machinery on the CPU
+
+
+def fixed_batch_opener(model_path):
+    """Fixed-batch CPU sessions: the graph runner's path with everything but the CUDA
+    provider's enable_cuda_graph, which needs a GPU."""
+    from backline.models.providers import CPU, open_session
+
+    data = model_path.read_bytes()
+    opened: list[int] = []
+
+    def open_fixed(size: int):
+        opened.append(size)
+        return open_session(data, [CPU], fixed_batch=size)
+
+    return open_fixed, opened
+
+
+def test_a_fixed_batch_session_has_static_shapes(tiny_model):
+    from backline.models.providers import CPU, open_session
+
+    session = open_session(tiny_model.read_bytes(), [CPU], fixed_batch=4)
+    assert [i.shape[0] for i in session.get_inputs()] == [4, 4]
+    assert [o.shape[0] for o in session.get_outputs()] == [4, 4]
+    assert all(isinstance(d, int) for o in session.get_outputs() for d in o.shape)
+
+
+def test_graph_runner_pads_a_batch_to_the_next_graph_size(tiny_model):
+    from backline.models.execution import io_shapes
+    from backline.models.session import GraphRunner
+
+    generator = Generator(tiny_model, device="cpu", announce=False)
+    spec = generator.spec
+    open_fixed, opened = fixed_batch_opener(tiny_model)
+    graphs = GraphRunner(open_fixed, *io_shapes(spec), device="cpu", sizes=(1, 4, 8), name="tiny")
+    assert [graphs.size_for(b) for b in (1, 2, 4, 5, 8, 9)] == [1, 4, 4, 8, 8, None]
+    for batch in (3, 2, 1):
+        melodies, z = random_windows(spec, batch, batch)
+        shaped = melodies.reshape(batch, spec.bars, spec.steps_per_bar, spec.n_pitches)
+        frames, onsets = graphs.run({"melody": shaped, "z": z})
+        want = plain_run(generator, melodies, z)
+        assert frames.shape[0] == batch
+        np.testing.assert_allclose(frames.reshape(want[0].shape), want[0], atol=1e-6)
+        np.testing.assert_allclose(onsets.reshape(want[1].shape), want[1], atol=1e-6)
+    assert opened == [4, 1] and graphs.captured_sizes() == [1, 4]  # batches 3 and 2 share the size-4 graph
+    too_big = random_windows(spec, 9, 0)[0].reshape(9, spec.bars, spec.steps_per_bar, spec.n_pitches)
+    assert graphs.run({"melody": too_big, "z": np.zeros((9, spec.z_dim), np.float32)}) is None
+
+
+def test_graphs_that_cannot_start_fall_back_with_one_log_line(tiny_model, caplog):
+    from backline.models.execution import io_shapes
+    from backline.models.session import BoundRunner, Execution, GraphRunner
+
+    generator = Generator(tiny_model, device="cpu", announce=False)
+    spec = generator.spec
+
+    def cannot_capture(size: int):
+        raise RuntimeError("This session cannot use the graph capture feature as requested\nsecond line")
+
+    graphs = GraphRunner(cannot_capture, *io_shapes(spec), device="cpu", name="tiny")
+    execution = Execution(generator.session, BoundRunner(generator.session, *io_shapes(spec)), graphs=graphs)
+    melodies, z = random_windows(spec, 2, 5)
+    shaped = melodies.reshape(2, spec.bars, spec.steps_per_bar, spec.n_pitches)
+    with caplog.at_level("INFO", logger="backline.models"):
+        frames, _ = execution.run({"melody": shaped, "z": z})
+        execution.run({"melody": shaped, "z": z})
+    assert np.array_equal(frames.reshape(-1, spec.n_tracks, spec.window_steps, spec.n_pitches),
+                          plain_run(generator, melodies, z)[0])
+    lines = [r.getMessage() for r in caplog.records if "CUDA graphs" in r.getMessage()]
+    assert lines == ["tiny: CUDA graphs turned off (This session cannot use the graph capture feature "
+                     "as requested); running without them"]
+    assert not graphs.active and "CUDA graphs" not in execution.label
+
+
+def test_execution_runs_batches_over_the_limit_in_chunks(tiny_model):
+    from backline.models.execution import io_shapes
+    from backline.models.session import BoundRunner, Execution
+
+    generator = Generator(tiny_model, device="cpu", announce=False)
+    spec = generator.spec
+    runner = BoundRunner(generator.session, *io_shapes(spec))
+    execution = Execution(generator.session, runner, max_batch=4)
+    melodies, z = random_windows(spec, 10, 3)
+    frames, onsets = execution.run({"melody": melodies.reshape(10, spec.bars, spec.steps_per_bar, spec.n_pitches),
+                                    "z": z})
+    want = plain_run(generator, melodies, z)
+    np.testing.assert_allclose(frames.reshape(want[0].shape), want[0], atol=1e-6)
+    np.testing.assert_allclose(onsets.reshape(want[1].shape), want[1], atol=1e-6)
+    assert runner.cached_batches() == [4, 2]
+
+
+def test_the_label_names_what_runs_on_a_gpu():
+    """The label users see (serve's banner, /backline/pong) from an execution's state."""
+    from types import SimpleNamespace
+
+    from backline.models.session import Execution
+
+    def label(provider: str, device: str, graphs_active: bool | None, fp16: bool) -> str:
+        session = SimpleNamespace(get_providers=lambda: [provider, "CPUExecutionProvider"])
+        graphs = None if graphs_active is None else SimpleNamespace(active=graphs_active)
+        return Execution(session, SimpleNamespace(device=device), graphs=graphs, fp16=fp16).label
+
+    assert label("CPUExecutionProvider", "cpu", None, False) == "CPUExecutionProvider"
+    assert label("CPUExecutionProvider", "cpu", None, True) == "CPUExecutionProvider (fp16)"
+    assert label("CUDAExecutionProvider", "cuda", True, False) == "CUDAExecutionProvider (I/O binding, CUDA graphs)"
+    assert label("CUDAExecutionProvider", "cuda", False, True) == "CUDAExecutionProvider (I/O binding, fp16)"
+    assert label("TensorrtExecutionProvider", "cuda", None, True) == "TensorrtExecutionProvider (I/O binding, fp16)"
+
+
+# --------------------------------------------------------------------------- devices and precision
+
+
+def test_device_strings():
+    from backline.models.providers import Device, DeviceError
+
+    assert Device.parse("cuda") == Device("cuda", "fp32")
+    assert Device.parse("TensorRT:FP16") == Device("tensorrt", "fp16")
+    assert str(Device.parse("cuda:fp16")) == "cuda:fp16" and str(Device.parse("cpu:fp32")) == "cpu"
+    for bad in ("gpu", "cuda:fp8", ""):
+        with pytest.raises(DeviceError) as info:
+            Device.parse(bad)
+        assert "cuda:fp16" in assert_one_line(info.value)
+
+
+@pytest.mark.parametrize("device", ["cuda", "tensorrt:fp16", "cuda:fp16"])
+def test_gpu_devices_without_a_gpu_fall_back_quietly(tiny_model, device):
+    """On a machine without a GPU a GPU device still loads, on the CPU in fp32, with log
+    lines that say why and no error output from ONNX Runtime."""
+    from backline.models.providers import gpu_driver_present
+
+    if gpu_driver_present():
+        pytest.skip("this machine has an NVIDIA driver")
+    code = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.INFO, format='backline: %(message)s', stream=sys.stderr)\n"
+        "from backline.models.runtime import Generator\n"
+        f"print(Generator({str(tiny_model)!r}, device={device!r}).provider)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "CPUExecutionProvider\n"
+    assert "running on CPUExecutionProvider" in result.stderr
+    for text in ("EP Error", "[E:", "Failed to load", "[W:", "Traceback"):
+        assert text not in result.stderr + result.stdout, result.stderr
+    assert result.stderr.count("runs on CPUExecutionProvider") == 1
+
+
+def test_probe_windows_are_the_example_melodies_as_accompany_cuts_them(tiny_model):
+    from backline.models.accompaniment import prepare
+    from backline.models.midi import pick_melody_track, read_midi
+    from backline.models.precision import EXAMPLES, probe_windows
+
+    spec = Generator(tiny_model, device="cpu", announce=False).spec
+    expected = [w for path in sorted(EXAMPLES.glob("*.mid"))
+                for w in prepare(spec, pick_melody_track(read_midi(path), None).notes).windows]
+    assert len(expected) >= 3
+    windows = probe_windows(spec, len(expected) + 2)
+    assert windows.shape == (len(expected) + 2, spec.window_steps, spec.n_pitches) and windows.dtype == np.float32
+    assert all(np.array_equal(windows[i], expected[i]) for i in range(len(expected)))
+    assert np.array_equal(windows[len(expected)], expected[0])  # then round again
+    assert windows.sum() > 0
+
+
+def test_fp16_agreement_is_measured_against_fp32(tiny_model):
+    from backline.models.precision import PROBE_WINDOWS, measure_agreement
+
+    agreement = measure_agreement(str(tiny_model), "cpu:fp16")
+    assert agreement.n_windows == PROBE_WINDOWS
+    # fp16 really ran (it differs from fp32 at all) and stays close to it.
+    assert 0 < agreement.max_abs_diff < 0.05
+    assert 0 <= agreement.flipped_fraction < 0.01
+    fp32 = measure_agreement(str(tiny_model), "cpu")
+    assert fp32.max_abs_diff == 0 and fp32.flipped_fraction == 0 and fp32.ok()
+
+
+def test_fp16_that_changes_notes_is_refused_for_fp32(tiny_model, caplog, monkeypatch):
+    from backline.models import precision
+
+    accepted = Generator(tiny_model, device="cpu:fp16", announce=False)
+    agreement = precision.measure_agreement(str(tiny_model), "cpu:fp16")
+    assert accepted.provider == ("CPUExecutionProvider (fp16)" if agreement.ok() else "CPUExecutionProvider")
+    # The same check with no flips allowed and a difference required: fp16 is refused.
+    monkeypatch.setattr(precision, "MAX_FLIPPED", -1.0)
+    with caplog.at_level("INFO", logger="backline.models"):
+        refused = Generator(tiny_model, device="cpu:fp16", announce=False)
+    assert refused.provider == "CPUExecutionProvider"
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("tiny: CPUExecutionProvider (fp16) refused: ")
+    assert lines[0].endswith("; running cpu instead")
+    melodies, z = random_windows(refused.spec, 2, 0)
+    assert np.array_equal(refused.run(melodies, z).frames, plain_run(refused, melodies, z)[0])
+
+
+def test_fp16_without_its_converter_is_a_one_line_error(tiny_model, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxconverter_common", None)
+    with pytest.raises(ModelLoadError) as info:
+        Generator(tiny_model, device="cpu:fp16")
+    message = assert_one_line(info.value)
+    assert "pip install onnxconverter-common" in message and "fp32" in message
+
+
+def test_device_and_precision_arguments_make_one_device_string():
+    from backline.bridge.cli import build_parser
+
+    parser = build_parser()
+    for argv, device in ((["serve"], "auto"), (["serve", "--device", "cuda:fp16"], "cuda:fp16"),
+                         (["serve", "--precision", "fp16", "--device", "tensorrt"], "tensorrt:fp16"),
+                         (["bench", "--device", "cuda", "--precision", "fp16"], "cuda:fp16"),
+                         (["accompany", "m.mid", "-o", "o.mid", "--device", "cuda:fp16", "--precision", "fp32"], "cuda")):
+        assert parser.parse_args(argv).device == device, argv
+    result = run_backline("serve", "--device", "gpu")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == ("backline serve: error: unknown device 'gpu'; use one of auto, cpu, "
+                                              "cuda, tensorrt, optionally with a precision, e.g. cuda:fp16")

@@ -206,3 +206,56 @@ def test_config_round_trips_through_the_checkpoint(tiny_checkpoint):
     state = load_checkpoint(tiny_checkpoint)
     config = TrainConfig.from_dict(state["train_config"])
     assert config == tiny_config(tiny_checkpoint.parent)
+
+
+# --------------------------------------------------------------------------- speed
+
+
+def test_bf16_autocast_trains_with_finite_losses(small_data, tmp_path):
+    """--amp on: the forward passes in bf16, the penalty and the paired loss in fp32 (on the
+    CPU here, where bf16 is slow and so off by default; the same code runs on CUDA)."""
+    from backline.training.train import train
+
+    path = train(tiny_config(tmp_path / "amp", warmup_epochs=1, amp="on"), *small_data, progress=False)
+    state = load_checkpoint(path)
+    assert state["epoch"] == 2 and state["train_config"]["amp"] == "on"
+    record = read_metrics(path.parent)[-1]
+    for key in LOSSES:
+        assert math.isfinite(record[key]), (key, record[key])
+    assert all(v.dtype == torch.float32 for v in state["generator"].values() if v.is_floating_point())
+
+
+def test_training_throughput_times_real_steps():
+    from backline.training.networks import NetConfig
+    from backline.training.throughput import format_training_throughput, measure_training_throughput
+
+    result = measure_training_throughput(seconds=0.4, device="cpu", batch_size=4,
+                                         net=NetConfig(widths=(4, 4, 8, 8), z_dim=8))
+    for key in ("samples_per_s", "warmup_samples_per_s", "adversarial_samples_per_s"):
+        assert math.isfinite(result[key]) and result[key] > 0, key
+    assert (result["device"], result["amp"], result["compile"], result["batch_size"]) == ("cpu", "off", False, 4)
+    assert result["warmup_steps"] >= 1
+    # Whole adversarial rounds: update_ratio critic steps per generator step.
+    assert result["generator_steps"] >= 1
+    assert result["critic_steps"] == result["generator_steps"] * result["update_ratio"]
+    assert result["data"].startswith(("cached chorales", "random rolls"))
+    lines = format_training_throughput(result)
+    assert f"{result['samples_per_s']:.1f} windows/s" in lines[0]
+    assert any(result["data"] in line for line in lines)
+
+
+def test_throughput_data_is_the_chorale_cache_else_random_rolls(tmp_path):
+    from backline.training.chorales import cache_name, save_pieces
+    from backline.training.throughput import training_rolls
+
+    from .conftest import SMALL_TRAIN, _convert
+
+    frames, onsets, source = training_rolls(64, cache_dir=tmp_path)
+    assert source.startswith("random rolls") and str(tmp_path) in source
+    assert frames.shape == onsets.shape and frames.shape[1:] == (4, 48, 64)
+    assert 0 < frames.mean() < 0.05 and not (onsets & ~frames).any()
+
+    save_pieces(tmp_path / cache_name(), _convert(SMALL_TRAIN))
+    frames, onsets, source = training_rolls(64, cache_dir=tmp_path)
+    assert source == f"cached chorales ({frames.shape[0]} training windows)"
+    assert frames.shape[1:] == (4, 48, 64) and frames.shape[0] > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import shlex
 import sys
@@ -12,6 +13,8 @@ import numpy as np
 
 from backline.models.errors import BacklineError
 
+from . import distributed
+from .batches import check_split
 from .card import write_card
 from .chorales import ChoraleDataset, dataset_summary, load_dataset
 from .evaluation import HEADLINE, accompany_and_score, calibrate_decoding, format_table, score_windows
@@ -37,9 +40,23 @@ def limit_pieces(data: ChoraleDataset, max_pieces: int | None) -> ChoraleDataset
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    train_set, val_set = load_dataset(rebuild=args.rebuild_data, progress=not args.no_progress)
+    # Under torchrun this joins the process group: one process per GPU (or CPU share).
+    placement = distributed.start(args.device, args.amp, args.compile)
+    try:
+        return train_command(args, placement)
+    finally:
+        distributed.stop(placement)
+
+
+def train_command(args: argparse.Namespace, placement: distributed.Placement) -> int:
+    check_split(args.batch_size, placement.world)
+    main = placement.is_main
+    show_progress = main and not args.no_progress
+    with distributed.main_first(placement):  # rank 0 builds the data cache if need be
+        train_set, val_set = load_dataset(rebuild=args.rebuild_data and main, progress=show_progress)
     train_set = limit_pieces(train_set, args.max_pieces)
-    print(dataset_summary(train_set, val_set))
+    if main:
+        print(dataset_summary(train_set, val_set))
     if len(train_set) < args.batch_size:
         raise BacklineError(f"only {len(train_set)} training windows for a batch of {args.batch_size}; lower --batch-size")
     config = TrainConfig(
@@ -48,11 +65,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         time_budget_s=parse_duration(args.time_budget) if args.time_budget else None,
         recon_weight=args.recon_weight, checkpoint_every=args.checkpoint_every,
         net=NetConfig(widths=tuple(args.widths), n_pitches=train_set.n_pitches),
-        command=shlex.join(["backline", *sys.argv[1:]]),
+        command=command_line(placement), device=args.device, amp=args.amp, compile=args.compile,
     )
-    path = train(config, train_set, val_set, resume=args.resume, progress=not args.no_progress)
-    print(f"checkpoint: {path}\nexport it with: backline export {path} -o models/NAME.onnx")
+    path = train(config, train_set, val_set, resume=args.resume, progress=show_progress, placement=placement)
+    if main:
+        print(f"checkpoint: {path}\nexport it with: backline export {path} -o models/NAME.onnx")
     return 0
+
+
+def command_line(placement: distributed.Placement) -> str:
+    """The command that started the run, for the model card."""
+    if not placement.distributed:
+        return shlex.join(["backline", *sys.argv[1:]])
+    per_node = os.environ.get("LOCAL_WORLD_SIZE", str(placement.world))
+    return shlex.join(["torchrun", f"--nproc_per_node={per_node}", "-m", "backline.bridge.cli", *sys.argv[1:]])
 
 
 def validation_metrics(generate, spec, val_set: ChoraleDataset, seed: int = 0) -> dict[str, float]:

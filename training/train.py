@@ -14,6 +14,12 @@ Before the adversarial epochs, `warmup_epochs` epochs train the generator alone 
 paired term, one generator step per batch. A generator step costs a fifth of a critic
 round, so the warm-up reaches plausible harmony in a few minutes and the critic then
 starts against a generator worth criticising. `--warmup-epochs 0` turns it off.
+
+Batches come straight from the training set held on the training device
+(`batches.DeviceWindows`). Under `torchrun` every process trains on its share of each
+batch and DistributedDataParallel averages the gradients, so the batch size, the epoch
+and the update ratio mean what they mean in one process (`distributed.py`); rank 0
+alone evaluates, logs and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -32,17 +38,24 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from backline.models.spec import GeneratorSpec
 
+from . import distributed
+from .batches import DeviceWindows, check_split, epoch_batches
 from .chorales import ChoraleDataset
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .distributed import GeneratorLogits, Placement
 from .evaluation import accompany_and_score, score_windows
 from .layout import bach_spec
 from .networks import ARCHITECTURE, Critic, NetConfig, UNetGenerator
 
 log = logging.getLogger("backline.training")
+
+LOSSES = ("loss_d", "wasserstein", "gp", "loss_g", "recon")  # per-epoch means, in this order
+CRITIC_LOSSES, GENERATOR_LOSSES, RECON = slice(0, 3), slice(3, 5), 4  # where steps add into the sums
 
 
 @dataclass
@@ -53,7 +66,7 @@ class TrainConfig:
     lr: float = 1e-3
     betas: tuple[float, float] = (0.5, 0.9)
     update_ratio: int = 5
-    batch_size: int = 64
+    batch_size: int = 64  # the global batch, split over the processes of a torchrun launch
     seed: int = 0
     time_budget_s: float | None = None  # stop after the epoch that passes this wall time
     gp_lambda: float = 10.0
@@ -62,6 +75,9 @@ class TrainConfig:
     eval_windows: int = 192  # validation windows scored each epoch
     net: NetConfig = field(default_factory=NetConfig)
     command: str = ""  # the command line that started the run, for the model card
+    device: str = "auto"  # auto (CUDA when there is one), cpu, cuda
+    amp: str = "auto"  # bf16 autocast: auto, on, off (auto = on for CUDA only)
+    compile: str = "auto"  # torch.compile: auto, on, off (auto = on for CUDA only)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -91,25 +107,146 @@ def machine_description() -> str:
     return f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
-def gradient_penalty(critic: Critic, melody, real_f, real_o, fake_f, fake_o) -> torch.Tensor:
-    """WGAN-GP: the critic's gradient norm is pushed to 1 on random interpolates."""
-    alpha = torch.rand(real_f.shape[0], 1, 1, 1)
+# --------------------------------------------------------------------------- the networks
+
+
+@dataclass
+class Nets:
+    """The two networks, their optimisers, and the callables the training steps use.
+
+    `generator` and `critic` are the plain modules: checkpoints, samples, export.
+    `g_logits` and `d_score` are what the steps call: wrapped in DistributedDataParallel
+    across processes and compiled where asked. `d_penalty` scores the gradient penalty's
+    interpolates: the same DDP wrapper, never compiled, as compiled graphs do not support
+    the penalty's double backward.
+    """
+
+    generator: UNetGenerator
+    critic: Critic
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    g_logits: nn.Module
+    d_score: nn.Module
+    d_penalty: nn.Module
+
+
+def build_nets(config: TrainConfig, placement: Placement, state: dict[str, Any] | None = None) -> Nets:
+    """Fresh networks from the seed, or the ones in a checkpoint's `state`."""
+    torch.manual_seed(config.seed)
+    generator = UNetGenerator(config.net).to(placement.device)
+    critic = Critic(config.net).to(placement.device)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas)
+    opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=config.betas)
+    if state is not None:
+        generator.load_state_dict(state["generator"])
+        critic.load_state_dict(state["critic"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+    g_logits = distributed.wrap(GeneratorLogits(generator), placement)
+    d_penalty = distributed.wrap(critic, placement)
+    d_score = d_penalty
+    if placement.compile:
+        g_logits, d_score = torch.compile(g_logits), torch.compile(d_penalty)
+    generator.train()
+    critic.train()
+    return Nets(generator, critic, opt_g, opt_d, g_logits, d_score, d_penalty)
+
+
+# --------------------------------------------------------------------------- the steps
+
+
+def autocast(placement: Placement):
+    """bf16 autocast for forward passes when --amp is on (bf16 needs no loss scaling)."""
+    return torch.autocast(placement.device.type, dtype=torch.bfloat16, enabled=placement.amp)
+
+
+def gradient_penalty(critic: nn.Module, melody, real_f, real_o, fake_f, fake_o,
+                     noise: torch.Generator | None = None) -> torch.Tensor:
+    """WGAN-GP: the critic's gradient norm is pushed to 1 on random interpolates.
+
+    Always in fp32, autocast or not: the penalty differentiates a gradient, and bf16's
+    8-bit mantissa makes that second derivative too coarse to hold the norm at 1.
+    """
+    alpha = torch.rand(real_f.shape[0], 1, 1, 1, device=real_f.device, generator=noise)
     mix_f = (alpha * real_f + (1 - alpha) * fake_f).requires_grad_(True)
     mix_o = (alpha * real_o + (1 - alpha) * fake_o).requires_grad_(True)
-    score = critic(melody, mix_f, mix_o)
-    grad_f, grad_o = torch.autograd.grad(score.sum(), [mix_f, mix_o], create_graph=True)
+    with torch.autocast(real_f.device.type, enabled=False):
+        score = critic(melody, mix_f, mix_o)
+        grad_f, grad_o = torch.autograd.grad(score.sum(), [mix_f, mix_o], create_graph=True)
     norm = torch.sqrt(grad_f.pow(2).sum((1, 2, 3)) + grad_o.pow(2).sum((1, 2, 3)) + 1e-12)
     return ((norm - 1) ** 2).mean()
 
 
+def paired_loss(logit_f, logit_o, real_f, real_o) -> torch.Tensor:
+    """Binary cross-entropy to the real accompaniment of the same melody (in fp32)."""
+    return F.binary_cross_entropy_with_logits(logit_f.float(), real_f) + \
+        F.binary_cross_entropy_with_logits(logit_o.float(), real_o)
+
+
+def warmup_step(nets: Nets, batch, z: torch.Tensor, placement: Placement) -> torch.Tensor:
+    """One generator step on the paired loss alone; returns that loss."""
+    melody, real_f, real_o = batch
+    with autocast(placement):
+        logit_f, logit_o = nets.g_logits(melody, z)
+    recon = paired_loss(logit_f, logit_o, real_f, real_o)
+    nets.opt_g.zero_grad(set_to_none=True)
+    recon.backward()
+    nets.opt_g.step()
+    return recon.detach()
+
+
+def critic_step(nets: Nets, batch, z: torch.Tensor, noise: torch.Generator, gp_lambda: float,
+                placement: Placement) -> torch.Tensor:
+    """One critic step; returns [loss_d, wasserstein estimate, gradient penalty]."""
+    melody, real_f, real_o = batch
+    with torch.no_grad(), autocast(placement):
+        logit_f, logit_o = nets.g_logits(melody, z)
+    fake_f, fake_o = torch.sigmoid(logit_f.float()), torch.sigmoid(logit_o.float())
+    with autocast(placement):
+        d_real = nets.d_score(melody, real_f, real_o).float().mean()
+        d_fake = nets.d_score(melody, fake_f, fake_o).float().mean()
+    gp = gradient_penalty(nets.d_penalty, melody, real_f, real_o, fake_f, fake_o, noise)
+    loss_d = d_fake - d_real + gp_lambda * gp
+    nets.opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    nets.opt_d.step()
+    return torch.stack([loss_d, d_real - d_fake, gp]).detach()
+
+
+def generator_step(nets: Nets, batch, z: torch.Tensor, recon_weight: float,
+                   placement: Placement) -> torch.Tensor:
+    """One adversarial generator step; returns [loss_g, paired loss]."""
+    melody, real_f, real_o = batch
+    with autocast(placement):
+        logit_f, logit_o = nets.g_logits(melody, z)
+        adversarial = -nets.d_score(melody, torch.sigmoid(logit_f), torch.sigmoid(logit_o)).float().mean()
+    recon = paired_loss(logit_f, logit_o, real_f, real_o)
+    loss_g = adversarial + recon_weight * recon
+    # The critic gets gradients here too; its next step clears them before they count.
+    nets.opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    nets.opt_g.step()
+    return torch.stack([loss_g, recon]).detach()
+
+
+def draw_z(n: int, z_dim: int, noise: torch.Generator) -> torch.Tensor:
+    return torch.randn(n, z_dim, device=noise.device, generator=noise)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
 def torch_generate_fn(generator: UNetGenerator):
+    """numpy in, numpy out, whichever device the generator is on."""
+    device = next(generator.parameters()).device
+
     @torch.no_grad()
     def generate(melody: np.ndarray, z: np.ndarray):
         was_training = generator.training
         generator.eval()
-        f, o = generator(torch.from_numpy(melody), torch.from_numpy(z))
+        f, o = generator(torch.from_numpy(melody).to(device), torch.from_numpy(z).to(device))
         generator.train(was_training)
-        return f.numpy(), o.numpy()
+        return f.float().cpu().numpy(), o.float().cpu().numpy()
 
     return generate
 
@@ -139,6 +276,9 @@ def fixed_subset(n: int, size: int, seed: int = 1234) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(n)[: min(size, n)])
 
 
+# --------------------------------------------------------------------------- the loop
+
+
 def train(
     config: TrainConfig,
     train_set: ChoraleDataset,
@@ -146,44 +286,126 @@ def train(
     *,
     resume: Path | None = None,
     progress: bool = True,
+    placement: Placement | None = None,
 ) -> Path:
-    """Train (or resume) and return the path of the final checkpoint."""
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.pt"
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
+    """Train (or resume) and return the path of the final checkpoint.
 
-    generator, critic = UNetGenerator(config.net), Critic(config.net)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas)
-    opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=config.betas)
-    start_epoch, history, wall_before, step = 0, [], 0.0, 0
+    `placement` is where this process trains and its rank (`distributed.start`, which
+    the caller also stops); without it, one process on config.device.
+    """
+    placement = placement or distributed.start(config.device, config.amp, config.compile)
+    check_split(config.batch_size, placement.world)
+    main = placement.is_main
+    out = Path(config.out_dir)
+    ckpt_path = out / "checkpoint.pt"
+    rng = np.random.default_rng(config.seed)  # the epochs' batch order, the same on every rank
+
+    start_epoch, history, wall_before, step, state = 0, [], 0.0, 0, None
     if resume is not None:
-        state = load_checkpoint(resume)
+        state = load_checkpoint(resume)  # every rank loads it
         if NetConfig.from_dict(state["net_config"]) != config.net:
             raise CheckpointError(
                 f"{resume} holds a network of shape {state['net_config']}, not "
                 f"{config.net.to_dict()}; resume with the same network settings"
             )
-        generator.load_state_dict(state["generator"])
-        critic.load_state_dict(state["critic"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
+    nets = build_nets(config, placement, state)
+    if state is not None:
         start_epoch, history = state["epoch"], state["history"]
         wall_before, step = state["wall_time_s"], state["step"]
         torch.set_rng_state(state["torch_rng"])
         rng.bit_generator.state = state["numpy_rng"]
-        log.info("resuming %s at epoch %d", resume, start_epoch + 1)
+        if main:
+            log.info("resuming %s at epoch %d", resume, start_epoch + 1)
+    generator, critic = nets.generator, nets.critic
 
     spec = build_spec(config, train_set)
-    frames = torch.from_numpy(train_set.frames.astype(np.uint8))
-    onsets = torch.from_numpy(train_set.onsets.astype(np.uint8))
-    n = frames.shape[0]
-    batches_per_epoch = max(1, n // config.batch_size)
+    windows = DeviceWindows.from_dataset(train_set, placement.device)
+    n = len(windows)
+    batches_per_epoch = n // config.batch_size
+    share = config.batch_size // placement.world  # windows per step on this rank
 
-    # Reference values: the real data's own metrics, computed once.
     eval_idx = fixed_subset(val_set.frames.shape[0], config.eval_windows)
-    train_idx = fixed_subset(n, config.eval_windows)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        real_train, real_val = reference_metrics(train_set, val_set, spec, config.eval_windows, eval_idx)
+        (out / "reference_metrics.json").write_text(
+            json.dumps({"train": real_train, "validation": real_val}, indent=2, sort_keys=True)
+        )
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tensorboard"))
+        log.info("training on %s", placement.describe())
+    started = time.monotonic()
+    total_epochs = config.warmup_epochs + config.epochs
+    total = (total_epochs - start_epoch) * batches_per_epoch
+    bar = tqdm(total=total, disable=not (progress and main), unit="batch", desc="training")
+    for epoch in range(start_epoch, total_epochs):
+        warming_up = epoch < config.warmup_epochs
+        order = epoch_batches(rng, n, config.batch_size, rank=placement.rank,
+                              world=placement.world, device=placement.device)
+        noise = distributed.noise_generator(config.seed, epoch, placement)
+        sums = torch.zeros(len(LOSSES), device=placement.device)  # on the device: no sync per step
+        d_steps = g_steps = 0
+        bar.set_postfix(epoch=epoch + 1, phase="warm-up" if warming_up else "adversarial")
+        for b in range(batches_per_epoch):
+            batch = windows.batch(order[b])
+            z = draw_z(share, config.net.z_dim, noise)
+
+            if warming_up:
+                sums[RECON] += warmup_step(nets, batch, z, placement)
+                g_steps += 1
+                bar.update(1)
+                continue
+
+            sums[CRITIC_LOSSES] += critic_step(nets, batch, z, noise, config.gp_lambda, placement)
+            d_steps += 1
+            step += 1
+            # Generator step, once every `update_ratio` critic steps.
+            if step % config.update_ratio == 0:
+                sums[GENERATOR_LOSSES] += generator_step(nets, batch, z, config.recon_weight, placement)
+                g_steps += 1
+            bar.update(1)
+
+        # Every rank joins the average; rank 0 alone evaluates, logs and saves.
+        means = mean_losses(distributed.mean_across_ranks(sums, placement), d_steps, g_steps)
+        over_budget = False
+        if main:
+            record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "warmup": warming_up, **means}
+            record["metrics"] = accompany_and_score(
+                torch_generate_fn(generator), spec,
+                val_set.frames[eval_idx], val_set.onsets[eval_idx],
+                val_set.steps_per_bar[eval_idx], window_modes(val_set, eval_idx),
+                seed=config.seed,
+            )
+            record["wall_time_s"] = wall_before + time.monotonic() - started
+            history.append(record)
+            log_epoch(record, real_train, writer, out / "metrics.jsonl")
+            bar.write(format_epoch(record, real_train))
+            over_budget = config.time_budget_s is not None and \
+                record["wall_time_s"] - wall_before >= config.time_budget_s
+            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == total_epochs or over_budget:
+                state = checkpoint_state(config, nets, spec, train_set, val_set, record, history,
+                                         rng, (real_train, real_val))
+                save_checkpoint(state, ckpt_path)
+                save_samples(generator, spec, val_set, out, epoch + 1, history, real_train, config.seed)
+        if distributed.agree(over_budget, placement):
+            if main:
+                bar.write(f"time budget of {config.time_budget_s:.0f} s reached after epoch {epoch + 1}")
+            break
+    bar.close()
+    if main:
+        writer.close()
+    distributed.write_rank_digest(placement, generator=generator, critic=critic)
+    return ckpt_path
+
+
+# --------------------------------------------------------------------------- what rank 0 writes
+
+
+def reference_metrics(train_set: ChoraleDataset, val_set: ChoraleDataset, spec: GeneratorSpec,
+                      size: int, eval_idx: np.ndarray) -> tuple[dict, dict]:
+    """The real data's own metrics on the fixed subsets, computed once."""
+    train_idx = fixed_subset(len(train_set), size)
     real_train = score_windows(
         train_set.frames[train_idx], train_set.onsets[train_idx],
         train_set.steps_per_bar[train_idx], window_modes(train_set, train_idx), spec,
@@ -192,145 +414,67 @@ def train(
         val_set.frames[eval_idx], val_set.onsets[eval_idx],
         val_set.steps_per_bar[eval_idx], window_modes(val_set, eval_idx), spec,
     )
-    (out / "reference_metrics.json").write_text(
-        json.dumps({"train": real_train, "validation": real_val}, indent=2, sort_keys=True)
-    )
+    return real_train, real_val
 
+
+def mean_losses(sums: torch.Tensor, d_steps: int, g_steps: int) -> dict[str, float]:
+    """Per-epoch means; NaN for a loss no step of the epoch computed."""
+    values = sums.tolist()
+    counts = (d_steps, d_steps, d_steps, g_steps, g_steps)
+    return {key: value / count if count else float("nan") for key, value, count in zip(LOSSES, values, counts)}
+
+
+def log_epoch(record: dict[str, Any], real_train: dict[str, float], writer, metrics_log: Path) -> None:
+    epoch = record["epoch"]
+    for key in LOSSES:
+        if math.isfinite(record[key]):
+            writer.add_scalar(f"loss/{key}", record[key], epoch)
+    for key, value in record["metrics"].items():
+        if math.isfinite(value):
+            writer.add_scalars(
+                f"metrics/{key}", {"generated": value, "train_real": real_train.get(key, float("nan"))}, epoch,
+            )
+    with metrics_log.open("a") as handle:
+        handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def checkpoint_state(config: TrainConfig, nets: Nets, spec: GeneratorSpec, train_set: ChoraleDataset,
+                     val_set: ChoraleDataset, record: dict[str, Any], history: list,
+                     rng: np.random.Generator, reference: tuple[dict, dict]) -> dict[str, Any]:
+    return {
+        "architecture": ARCHITECTURE,
+        "net_config": config.net.to_dict(),
+        "train_config": asdict(config),
+        "generator": nets.generator.state_dict(),
+        "critic": nets.critic.state_dict(),
+        "opt_g": nets.opt_g.state_dict(),
+        "opt_d": nets.opt_d.state_dict(),
+        "epoch": record["epoch"],
+        "step": record["step"],
+        "history": history,
+        "wall_time_s": record["wall_time_s"],
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": rng.bit_generator.state,
+        "data": {
+            "dataset": "music21 Bach chorales (bundled corpus), key-normalised",
+            "lowest_pitch": train_set.lowest_pitch,
+            "monophonic": [t.monophonic for t in spec.tracks],
+            "melody_range": spec.melody_range,
+            "train_windows": len(train_set),
+            "validation_windows": int(val_set.frames.shape[0]),
+            "reference_metrics": {"train": reference[0], "validation": reference[1]},
+        },
+        "commit": git_commit(),
+        "machine": machine_description(),
+    }
+
+
+def save_samples(generator: UNetGenerator, spec: GeneratorSpec, val_set: ChoraleDataset, out: Path,
+                 epoch: int, history: list, real_train: dict[str, float], seed: int) -> None:
     from .plots import plot_history, write_sample  # matplotlib loads only when training
-    from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(out / "tensorboard"))
-    metrics_log = out / "metrics.jsonl"
-    started = time.monotonic()
-    total_epochs = config.warmup_epochs + config.epochs
-    total = (total_epochs - start_epoch) * batches_per_epoch
-    bar = tqdm(total=total, disable=not progress, unit="batch", desc="training")
-    generator.train()
-    critic.train()
-    epoch = start_epoch
-    for epoch in range(start_epoch, total_epochs):
-        warming_up = epoch < config.warmup_epochs
-        order = torch.from_numpy(rng.permutation(n))
-        sums = {"loss_d": 0.0, "loss_g": 0.0, "wasserstein": 0.0, "gp": 0.0, "recon": 0.0}
-        d_steps = g_steps = 0
-        for b in range(batches_per_epoch):
-            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-            batch_f = frames[idx].float()
-            batch_o = onsets[idx].float()
-            melody, real_f, real_o = batch_f[:, 0], batch_f[:, 1:], batch_o[:, 1:]
-            z = torch.randn(melody.shape[0], config.net.z_dim)
-
-            if warming_up:
-                logit_f, logit_o = generator.logits(melody, z)
-                recon = F.binary_cross_entropy_with_logits(logit_f, real_f) + \
-                    F.binary_cross_entropy_with_logits(logit_o, real_o)
-                opt_g.zero_grad(set_to_none=True)
-                recon.backward()
-                opt_g.step()
-                sums["recon"] += recon.item()
-                g_steps += 1
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, warmup=f"{recon.item():.3f}")
-                continue
-
-            # Critic step.
-            with torch.no_grad():
-                fake_f, fake_o = generator(melody, z)
-            d_real = critic(melody, real_f, real_o).mean()
-            d_fake = critic(melody, fake_f, fake_o).mean()
-            gp = gradient_penalty(critic, melody, real_f, real_o, fake_f, fake_o)
-            loss_d = d_fake - d_real + config.gp_lambda * gp
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
-            sums["loss_d"] += loss_d.item()
-            sums["wasserstein"] += (d_real - d_fake).item()
-            sums["gp"] += gp.item()
-            d_steps += 1
-            step += 1
-
-            # Generator step, once every `update_ratio` critic steps.
-            if step % config.update_ratio == 0:
-                logit_f, logit_o = generator.logits(melody, z)
-                adversarial = -critic(melody, torch.sigmoid(logit_f), torch.sigmoid(logit_o)).mean()
-                recon = F.binary_cross_entropy_with_logits(logit_f, real_f) + \
-                    F.binary_cross_entropy_with_logits(logit_o, real_o)
-                loss_g = adversarial + config.recon_weight * recon
-                opt_g.zero_grad(set_to_none=True)
-                loss_g.backward()
-                opt_g.step()
-                sums["loss_g"] += loss_g.item()
-                sums["recon"] += recon.item()
-                g_steps += 1
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss_d=f"{loss_d.item():.3f}")
-
-        record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "warmup": warming_up}
-        for key in ("loss_d", "wasserstein", "gp"):
-            record[key] = sums[key] / d_steps if d_steps else float("nan")
-        for key in ("loss_g", "recon"):
-            record[key] = sums[key] / g_steps if g_steps else float("nan")
-        generated = accompany_and_score(
-            torch_generate_fn(generator), spec,
-            val_set.frames[eval_idx], val_set.onsets[eval_idx],
-            val_set.steps_per_bar[eval_idx], window_modes(val_set, eval_idx),
-            seed=config.seed,
-        )
-        record["metrics"] = generated
-        record["wall_time_s"] = wall_before + time.monotonic() - started
-        history.append(record)
-        for key in ("loss_d", "loss_g", "wasserstein", "gp", "recon"):
-            if math.isfinite(record[key]):
-                writer.add_scalar(f"loss/{key}", record[key], epoch + 1)
-        for key, value in generated.items():
-            if math.isfinite(value):
-                writer.add_scalars(
-                    f"metrics/{key}",
-                    {"generated": value, "train_real": real_train.get(key, float("nan"))},
-                    epoch + 1,
-                )
-        with metrics_log.open("a") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
-        bar.write(format_epoch(record, real_train))
-
-        last = epoch + 1 == total_epochs
-        over_budget = config.time_budget_s is not None and record["wall_time_s"] - wall_before >= config.time_budget_s
-        if (epoch + 1) % config.checkpoint_every == 0 or last or over_budget:
-            state = {
-                "architecture": ARCHITECTURE,
-                "net_config": config.net.to_dict(),
-                "train_config": asdict(config),
-                "generator": generator.state_dict(),
-                "critic": critic.state_dict(),
-                "opt_g": opt_g.state_dict(),
-                "opt_d": opt_d.state_dict(),
-                "epoch": epoch + 1,
-                "step": step,
-                "history": history,
-                "wall_time_s": record["wall_time_s"],
-                "torch_rng": torch.get_rng_state(),
-                "numpy_rng": rng.bit_generator.state,
-                "data": {
-                    "dataset": "music21 Bach chorales (bundled corpus), key-normalised",
-                    "lowest_pitch": train_set.lowest_pitch,
-                    "monophonic": [t.monophonic for t in spec.tracks],
-                    "melody_range": spec.melody_range,
-                    "train_windows": int(n),
-                    "validation_windows": int(val_set.frames.shape[0]),
-                    "reference_metrics": {"train": real_train, "validation": real_val},
-                },
-                "commit": git_commit(),
-                "machine": machine_description(),
-            }
-            save_checkpoint(state, ckpt_path)
-            write_sample(generator, spec, val_set, out / "samples" / f"epoch-{epoch + 1:03d}", seed=config.seed)
-            plot_history(history, real_train, out / "losses.png")
-        if over_budget:
-            bar.write(f"time budget of {config.time_budget_s:.0f} s reached after epoch {epoch + 1}")
-            break
-    bar.close()
-    writer.close()
-    return ckpt_path
+    write_sample(generator, spec, val_set, out / "samples" / f"epoch-{epoch:03d}", seed=seed)
+    plot_history(history, real_train, out / "losses.png")
 
 
 def format_epoch(record: dict[str, Any], real: dict[str, float]) -> str:
