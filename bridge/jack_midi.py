@@ -48,8 +48,8 @@ from typing import Iterable, Sequence
 
 from backline.models.spec import TrackSpec
 
-from .midi_ports import (ALL_NOTES_OFF, InputCallback, MidiUnavailable, no_jack_server, note_sent, port_name,
-                         track_channel)
+from .midi_ports import (ALL_NOTES_OFF, IN_PORT, InputCallback, MidiUnavailable, no_jack_server, note_sent, output_plan,
+                         port_name)
 
 log = logging.getLogger("backline.bridge.midi")
 
@@ -186,7 +186,7 @@ class JackMidiPorts:
         self._event = _MidiEvent()
         self._process_cb = _PROCESS(self._process)  # referenced as long as the client lives
         self._shutdown_cb = _SHUTDOWN(self._shutdown)
-        self._input_port = self._register(port_name(client_name, "in"), _PORT_IS_INPUT)
+        self._input_port = self._register(port_name(client_name, IN_PORT), _PORT_IS_INPUT)
         self.port_names: list[str] = []
         self._dispatcher = threading.Thread(target=self._dispatch, name="backline-midi-in", daemon=True)
 
@@ -229,15 +229,7 @@ class JackMidiPorts:
     def _retarget_outputs(self, tracks: Sequence[TrackSpec]) -> list[int]:
         """Register the output ports the tracks need, switch the routes to them, and return
         the ports no longer used (the caller unregisters them once a cycle has passed)."""
-        wanted: dict[str, list[int]] = {}
-        if self.per_track_ports:
-            for track in tracks:
-                name = port_name(self.client_name, track.name)
-                while name in wanted:  # two tracks of one name: keep both
-                    name += "'"
-                wanted[name] = [track_channel(track)]
-        else:
-            wanted[port_name(self.client_name, "out")] = [track_channel(t) for t in tracks]
+        wanted = output_plan(self.client_name, tracks, self.per_track_ports)
         outputs = {name: self._outputs.get(name) or self._register(name, _PORT_IS_OUTPUT) for name in wanted}
         route: dict[int, str] = {}
         for name, channels in wanted.items():

@@ -79,6 +79,20 @@ def port_name(client_name: str, suffix: str) -> str:
     return f"{client_name} {suffix}"
 
 
+def output_plan(client_name: str, tracks: Sequence[TrackSpec], per_track_ports: bool) -> dict[str, list[int]]:
+    """The output ports the tracks need, each with the channels it carries: one port for
+    all tracks, or one per track (two tracks of one name both get a port)."""
+    if not per_track_ports:
+        return {port_name(client_name, OUT_PORT): [track_channel(t) for t in tracks]}
+    wanted: dict[str, list[int]] = {}
+    for track in tracks:
+        name = port_name(client_name, track.name)
+        while name in wanted:
+            name += "'"
+        wanted[name] = [track_channel(track)]
+    return wanted
+
+
 def note_sent(used: set[int], sounding: set[tuple[int, int]], channel: int, status: int,
               data: Sequence[int]) -> None:
     """Book a channel message as sent: its channel is used, a note-on starts a sounding
@@ -166,15 +180,7 @@ class MidiPorts:
 
     def _retarget_outputs(self, tracks: Sequence[TrackSpec]) -> None:
         """Open and close output ports to match the tracks; rebuild the channel routes."""
-        wanted: dict[str, list[int]] = {}
-        if self.per_track_ports:
-            for track in tracks:
-                name = port_name(self.client_name, track.name)
-                while name in wanted:  # two tracks of one name: keep both
-                    name += "'"
-                wanted[name] = [track_channel(track)]
-        else:
-            wanted[port_name(self.client_name, OUT_PORT)] = [track_channel(t) for t in tracks]
+        wanted = output_plan(self.client_name, tracks, self.per_track_ports)
         for name in [n for n in self._outputs if n not in wanted]:
             _close_quietly(self._outputs.pop(name), self._healthy)
             self._full.pop(name, None)
