@@ -129,8 +129,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint.pt")
     p.add_argument("--recon-weight", type=float, default=10.0,
                    help="weight of the paired reconstruction loss; 0 = pure WGAN-GP (default 10)")
-    p.add_argument("--widths", type=int, nargs="+", default=[8, 32, 64, 128], metavar="C",
-                   help="channels per resolution level, full resolution first (default 8 32 64 128)")
+    p.add_argument("--widths", type=int, nargs="+", default=[8, 16, 32, 64], metavar="C",
+                   help="channels per resolution level, full resolution first (default 8 16 32 64)")
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (default 1)")
     p.add_argument("--rebuild-data", action="store_true", help="rebuild the cached chorale dataset")
     p.add_argument("--max-pieces", type=int, default=None, help="use only this many training pieces (quick runs)")

@@ -15,7 +15,7 @@ import torch
 
 from backline.models.midi import read_midi
 from backline.training.checkpoint import CheckpointError, load_checkpoint
-from backline.training.networks import ARCHITECTURE
+from backline.training.networks import ARCHITECTURE, NetConfig
 
 from .conftest import run_backline, tiny_config
 
@@ -259,3 +259,9 @@ def test_throughput_data_is_the_chorale_cache_else_random_rolls(tmp_path):
     frames, onsets, source = training_rolls(64, cache_dir=tmp_path)
     assert source == f"cached chorales ({frames.shape[0]} training windows)"
     assert frames.shape[1:] == (4, 48, 64) and frames.shape[0] > 0
+
+
+def test_the_train_commands_default_widths_are_the_networks_defaults():
+    from backline.bridge.cli import build_parser
+
+    assert tuple(build_parser().parse_args(["train"]).widths) == NetConfig().widths

@@ -37,7 +37,7 @@ class NetConfig:
     z_dim: int = 32
     # Channels at each resolution, full first; each further level halves time and pitch.
     # Full resolution is kept narrow: it is where the compute goes (48 x 64 positions).
-    widths: tuple[int, ...] = (8, 32, 64, 128)
+    widths: tuple[int, ...] = (8, 16, 32, 64)
 
     @property
     def levels(self) -> int:
