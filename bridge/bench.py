@@ -9,8 +9,8 @@ latency   1. the bare model call: `accompany()` (the generator's ONNX Runtime ru
              (`python -m backline.bridge.bench --client ...`), timing the send of
              /backline/clip/begin to the receipt of /backline/accomp/end, against two
              `backline serve` subprocesses running side by side, one batching (the
-             defaults) and one not (--max-batch 1), the client timing all its clips on one
-             and then on the other; and the ratios round trip / bare call and on / off.
+             defaults) and one not (--max-batch 1), the servers taking turns in blocks of
+             20 clips; and the ratios round trip / bare call and on / off.
 clients   the round trip with 1, 4, 16, 64 concurrent client PROCESSES against one server,
           each sending the clip over and over, closed loop (the next clip only after the
           reply): p50/p99/max, throughput (completed clips/s) and every clip accounted for
@@ -53,6 +53,7 @@ from backline.models.notes import Note
 
 CLIP_BEATS = 16.0
 WARMUP_RUNS = 5
+LATENCY_BLOCK = 20  # clips timed on one server before the next takes its turn
 SERVE_START_S = 120.0
 CLIENTS_READY_S = 180.0  # 64 Python processes starting on two busy cores take a while
 REPLY_TIMEOUT_S = 10.0
@@ -253,25 +254,28 @@ class _ClipClient:
 
 
 def client_main(ports: Sequence[int], runs: int, notes: Sequence[Note] | None = None) -> dict[str, Any]:
-    """The single client: N clips one after the other, on each port in turn; times from
-    begin sent to end received, per port."""
+    """The single client: N clips one after the other on each port, the ports taking
+    turns in blocks; times from begin sent to end received, per port."""
     client = _ClipClient(notes if notes is not None else clip_melody())
     times: dict[int, list[float]] = {port: [] for port in ports}
     failed: dict[int, int] = {port: 0 for port in ports}
     try:
         for port in ports:
             client.ping(port)
-        # One server after the other, not alternating: ONNX Runtime's threads spin for a
-        # moment after each run, and alternating made each server pay for the other's spin.
         for port in ports:
-            for i in range(-WARMUP_RUNS, runs):
-                outcome, ms = client.clip(port)
-                if i < 0:
-                    continue
-                if outcome == "ok":
-                    times[port].append(ms)
-                else:
-                    failed[port] += 1
+            for _ in range(WARMUP_RUNS):
+                client.clip(port)
+        # The servers take turns in blocks of clips, so that a slow spell of the machine
+        # falls on all of them alike. (ONNX Runtime's threads stop spinning when a call
+        # returns, models/providers.py, so one server's idle spin no longer taxes the next.)
+        for first in range(0, runs, LATENCY_BLOCK):
+            for port in ports:
+                for _ in range(min(LATENCY_BLOCK, runs - first)):
+                    outcome, ms = client.clip(port)
+                    if outcome == "ok":
+                        times[port].append(ms)
+                    else:
+                        failed[port] += 1
     finally:
         client.close()
     return {"times_ms": {str(p): t for p, t in times.items()}, "failed": {str(p): n for p, n in failed.items()}}

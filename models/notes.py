@@ -97,28 +97,26 @@ def roll_to_notes(roll: Roll, velocity: int = 100) -> list[Note]:
     onsets = roll.onsets.astype(bool) & frames
     n_steps = frames.shape[0]
     # A note starts where the pitch sounds and either did not sound one step before or
-    # carries an onset. It ends where the next start or the end of the run is.
+    # carries an onset. It ends at the first step after its start that is silent or starts
+    # another note. Pitch-major rows with a silent step appended keep every note inside its
+    # own pitch, so one search over the flattened roll finds every end at once.
     previous = np.zeros_like(frames)
     previous[1:] = frames[:-1]
     starts = frames & (~previous | onsets)
-    notes: list[Note] = []
+    padded = np.zeros((frames.shape[1], n_steps + 1), dtype=bool)
+    padded[:, :n_steps] = frames.T
+    is_start = np.zeros_like(padded)
+    is_start[:, :n_steps] = starts.T
+    start_at = np.flatnonzero(is_start)
+    stops = np.flatnonzero(~padded | is_start)
+    end_at = stops[np.searchsorted(stops, start_at, side="right")]
+    pitch, start = np.divmod(start_at, n_steps + 1)
+    order = np.lexsort((pitch, start))
     step_beats = 1.0 / roll.steps_per_beat
-    for column in np.flatnonzero(frames.any(axis=0)):
-        sounding = frames[:, column]
-        for start in np.flatnonzero(starts[:, column]):
-            end = start + 1
-            while end < n_steps and sounding[end] and not starts[end, column]:
-                end += 1
-            notes.append(
-                Note(
-                    pitch=int(column) + roll.lowest_pitch,
-                    start=start * step_beats,
-                    duration=(end - start) * step_beats,
-                    velocity=velocity,
-                )
-            )
-    notes.sort(key=lambda n: (n.start, n.pitch))
-    return notes
+    return [
+        Note(pitch=p + roll.lowest_pitch, start=b * step_beats, duration=d * step_beats, velocity=velocity)
+        for p, b, d in zip(pitch[order].tolist(), start[order].tolist(), (end_at - start_at)[order].tolist())
+    ]
 
 
 def note_durations(roll: Roll) -> np.ndarray:

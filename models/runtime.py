@@ -197,15 +197,21 @@ def _monophonic_notes(p, q, out_frames, out_onsets, decide, threshold, onset_thr
     onset_here = decide(q.max(axis=1), onset_threshold)
     previous = np.concatenate([[False], sounding[:-1]])
     starts = np.flatnonzero(sounding & (~previous | onset_here))
-    for i, start in enumerate(starts):
-        end = start + 1
-        limit = starts[i + 1] if i + 1 < len(starts) else len(sounding)
-        while end < limit and sounding[end]:
-            end += 1
-        weight = p[start:end].sum(axis=0)
-        if rng is None:
-            pitch = int(weight.argmax())
-        else:
-            pitch = int(rng.choice(len(weight), p=weight / weight.sum()))
+    if len(starts) == 0:
+        return
+    # Each note ends at the first step after its start that is silent or starts the next note.
+    boundary = ~np.append(sounding, False)
+    boundary[starts] = True
+    stops = np.flatnonzero(boundary)
+    ends = stops[np.searchsorted(stops, starts, side="right")]
+    # Each note's probability mass per pitch, summed over its steps (a zero row makes the
+    # end of the window a valid segment boundary for reduceat).
+    bounds = np.stack([starts, ends], axis=1).ravel()
+    weights = np.add.reduceat(np.vstack([p, np.zeros((1, p.shape[1]), p.dtype)]), bounds, axis=0)[::2]
+    if rng is None:
+        pitches = weights.argmax(axis=1)
+    else:  # one draw per note, in order, so a seed gives the same notes as before
+        pitches = [int(rng.choice(len(w), p=w / w.sum())) for w in weights]
+    for start, end, pitch in zip(starts.tolist(), ends.tolist(), np.asarray(pitches).tolist()):
         out_frames[start:end, pitch] = True
-        out_onsets[start, pitch] = True
+    out_onsets[starts, pitches] = True
