@@ -1,0 +1,78 @@
+"""The array-based decoders against plain step-by-step readings of the same rules, on
+random rolls of every density (including empty, full and one-step rolls)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from backline.models.notes import Note, Roll, roll_to_notes
+from backline.models.runtime import MONOPHONIC_TOP_K, binarise
+from backline.models.spec import TrackSpec
+
+from .fake_models import fixed_spec
+
+
+def notes_step_by_step(frames: np.ndarray, onsets: np.ndarray, steps_per_beat: int, lowest: int) -> list[Note]:
+    """A note starts where a pitch sounds after silence or carries an onset, and lasts
+    while the pitch sounds with no new onset."""
+    notes = []
+    n_steps, n_pitches = frames.shape
+    for pitch in range(n_pitches):
+        step = 0
+        while step < n_steps:
+            if not frames[step, pitch]:
+                step += 1
+                continue
+            end = step + 1
+            while end < n_steps and frames[end, pitch] and not onsets[end, pitch]:
+                end += 1
+            notes.append(Note(pitch + lowest, step / steps_per_beat, (end - step) / steps_per_beat, 100))
+            step = end
+    return sorted(notes, key=lambda n: (n.start, n.pitch))
+
+
+def voice_step_by_step(p: np.ndarray, q: np.ndarray, threshold: float, onset_threshold: float) -> np.ndarray:
+    """One voice: it sounds where its top-k pitches together pass the threshold; a note runs
+    from a start (sounding after silence, or an onset) to the next start or silence, on
+    the pitch with the most probability over the note."""
+    n_steps = len(p)
+    sounding = [min(1.0, float(np.sort(p[t])[-MONOPHONIC_TOP_K:].sum())) >= threshold for t in range(n_steps)]
+    starts = [t for t in range(n_steps)
+              if sounding[t] and (t == 0 or not sounding[t - 1] or q[t].max() >= onset_threshold)]
+    out = np.zeros(p.shape, dtype=bool)
+    for i, start in enumerate(starts):
+        end = start + 1
+        while end < n_steps and sounding[end] and (i + 1 == len(starts) or end < starts[i + 1]):
+            end += 1
+        out[start:end, int(p[start:end].sum(axis=0).argmax())] = True
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_roll_to_notes_reads_random_rolls_as_the_step_by_step_rule_does(seed):
+    rng = np.random.default_rng(seed)
+    n_steps, n_pitches = int(rng.integers(0, 60)), int(rng.integers(1, 24))
+    frames = rng.random((n_steps, n_pitches)) < rng.random()
+    onsets = rng.random((n_steps, n_pitches)) < rng.random()
+    expected = notes_step_by_step(frames, onsets & frames, 4, 30)
+    assert roll_to_notes(Roll(frames, onsets, 4, 30), velocity=100) == expected
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_monophonic_voice_decodes_random_probabilities_as_the_step_by_step_rule_does(seed):
+    rng = np.random.default_rng(seed)
+    n_steps, n_pitches = int(rng.integers(1, 60)), int(rng.integers(2, 24))
+    p = (rng.random((1, n_steps, n_pitches)) ** rng.uniform(1, 6)).astype(np.float32)
+    q = rng.random((1, n_steps, n_pitches)).astype(np.float32)
+    spec = replace(fixed_spec(), tracks=(TrackSpec("voice", 0, 1, monophonic=True),), threshold=0.3,
+                   onset_threshold=0.5)
+    frames, onsets = binarise(p, q, spec)
+    expected = voice_step_by_step(p[0], q[0], 0.3, 0.5)
+    assert np.array_equal(frames[0], expected)
+    starts = [(t, int(np.flatnonzero(expected[t])[0])) for t in range(n_steps)
+              if expected[t].any() and (t == 0 or not np.array_equal(expected[t], expected[t - 1])
+                                        or q[0, t].max() >= 0.5)]
+    assert {tuple(c) for c in np.argwhere(onsets[0])} == set(starts)
