@@ -29,6 +29,8 @@ import numpy as np
 from backline.models.errors import BacklineError
 
 WARMUP_RUNS = 5
+SIDE_BY_SIDE_BLOCK = 10  # calls timed on one engine before the next takes its turn
+SETTLE_S = 0.01  # pause before each block: longer than a thread pool's spin after its last call
 
 
 class RebuildError(BacklineError, RuntimeError):
@@ -40,20 +42,28 @@ def _percentiles(times_ms: list[float]) -> dict[str, float]:
     return {"p50": float(np.percentile(values, 50)), "p99": float(np.percentile(values, 99))}
 
 
-def _time_side_by_side(engines: dict[str, Callable[[], object]], runs: int) -> dict[str, np.ndarray]:
-    """Each engine WARMUP_RUNS times untimed, then `runs` rounds of one call each, the
-    order rotating every round so that no engine always runs right after another.
-    Returns each engine's times in ms, round by round."""
+def _time_side_by_side(engines: dict[str, Callable[[], object]], runs: int,
+                       block: int = SIDE_BY_SIDE_BLOCK) -> dict[str, np.ndarray]:
+    """Each engine WARMUP_RUNS times untimed, then the engines take turns in blocks of
+    `block` calls until each has `runs`, the order rotating every round so that no engine
+    always runs right after another. Before its block each engine gets one untimed call
+    after a short pause: a thread pool spinning on after the other engine's last call
+    (PyTorch's OpenMP threads do; ONNX Runtime's stop, models/providers.py) would
+    otherwise slow the first timed call of every block.
+    Returns each engine's times in ms, in the order taken."""
     for call in engines.values():
         for _ in range(WARMUP_RUNS):
             call()
     names = list(engines)
     times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(runs):
+    for i in range(-(-runs // block)):
         for name in names[i % len(names):] + names[: i % len(names)]:
-            started = time.perf_counter()
+            time.sleep(SETTLE_S)
             engines[name]()
-            times[name].append(1000 * (time.perf_counter() - started))
+            for _ in range(min(block, runs - len(times[name]))):
+                started = time.perf_counter()
+                engines[name]()
+                times[name].append(1000 * (time.perf_counter() - started))
     return {name: np.asarray(values) for name, values in times.items()}
 
 
