@@ -165,11 +165,7 @@ class Engine:
     def close(self, timeout: float = 10.0) -> None:
         """Finish the running job, drop the queued ones, stop the worker."""
         self._closing = True  # a job the worker took but did not start is dropped too
-        while True:
-            try:
-                self._jobs.get_nowait()
-            except queue.Empty:
-                break
+        drop_waiting(self._jobs)
         self._jobs.put(None)
         self._thread.join(timeout)
 
@@ -209,6 +205,15 @@ class Engine:
                 break
             batch.append(job)
         return batch
+
+
+def drop_waiting(jobs: queue.Queue) -> None:
+    """Empty a worker's queue without waiting (on shutdown: what waits is not run)."""
+    while True:
+        try:
+            jobs.get_nowait()
+        except queue.Empty:
+            return
 
 
 def warm_up(generator: Generator) -> None:

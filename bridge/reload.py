@@ -35,7 +35,7 @@ import numpy as np
 from backline.models import registry
 from backline.models.runtime import Generator, ModelLoadError
 
-from .engine import Engine, warm_up
+from .engine import Engine, drop_waiting, warm_up
 
 log = logging.getLogger("backline.bridge")
 
@@ -125,11 +125,7 @@ class Reloader:
     def stop(self, timeout: float = 10.0) -> None:
         if self._thread is None:
             return
-        while True:  # drop waiting requests: shutting down
-            try:
-                self._requests.get_nowait()
-            except queue.Empty:
-                break
+        drop_waiting(self._requests)
         self._requests.put(None)
         self._thread.join(timeout)
         self._thread = None
