@@ -9,6 +9,7 @@ what JACK can resolve); the figures belong to `python -m backline.bridge.bench_l
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -127,12 +128,22 @@ def test_window_melody_cuts_heard_notes_at_the_playhead_and_shifts_to_the_window
 # --------------------------------------------------------------------------- the player
 
 
-def test_scheduler_plays_in_order_and_silences_on_stop():
-    clock = Clock(tempo=600.0)  # 0.1 s per beat
-    ports = FakePorts()
+@contextlib.contextmanager
+def playing(ports: FakePorts | None = None):
+    """A clock started at beat 0 at 600 BPM (a beat is 0.1 s) and a player on `ports`
+    (fresh FakePorts unless given), as (clock, ports, player); the player is closed after."""
+    ports = ports if ports is not None else FakePorts()
+    clock = Clock(tempo=600.0)
     player = Scheduler(clock, ports)
     try:
         clock.start(0.0)
+        yield clock, ports, player
+    finally:
+        player.close()
+
+
+def test_scheduler_plays_in_order_and_silences_on_stop():
+    with playing() as (clock, ports, player):
         t0 = clock.time_at(0.0)
         player.add([ScheduledNote(1, 60, 1.0, 2.0), ScheduledNote(2, 48, 1.0, 3.0),
                     ScheduledNote(1, 62, 2.0, 2.5), ScheduledNote(3, 40, 4.0, 40.0)])
@@ -148,16 +159,10 @@ def test_scheduler_plays_in_order_and_silences_on_stop():
         assert ports.sounding() == set()
         assert ports.offs and ports.offs[-1][1] is None  # All Notes Off on every used channel
         assert player.pending() == 0
-    finally:
-        player.close()
 
 
 def test_scheduler_follows_a_tempo_change_while_waiting():
-    clock = Clock(tempo=600.0)
-    ports = FakePorts()
-    player = Scheduler(clock, ports)
-    try:
-        clock.start(0.0)
+    with playing() as (clock, ports, player):
         player.add([ScheduledNote(1, 60, 3.0, 3.5)])
         time.sleep(0.1)  # at beat 1; the note was due 0.2 s from here
         changed = time.monotonic()
@@ -167,24 +172,17 @@ def test_scheduler_follows_a_tempo_change_while_waiting():
         # Beat 3 was about 0.2 s away at 600 BPM; at 300 BPM it is twice that.
         assert t - changed > 0.3
         assert abs(t - clock.time_at(3.0)) < 0.005
-    finally:
-        player.close()
 
 
 def test_scheduler_sends_early_by_the_ports_output_latency():
     """JACK plays what is sent at the next period's start: the player sends that much early."""
-    clock = Clock(tempo=600.0)  # a beat is 0.1 s
     ports = FakePorts()
     ports.output_latency_s = 0.03
-    player = Scheduler(clock, ports)
-    try:
-        clock.start(0.0)
+    with playing(ports) as (clock, ports, player):
         player.add([ScheduledNote(1, 60, 2.0, 2.5)])
         wait_until(lambda: ports.note_ons())
         t, _, _ = ports.note_ons()[0]
         assert abs(t - (clock.time_at(2.0) - 0.03)) < 0.005
-    finally:
-        player.close()
 
 
 class FakeTimedPorts(FakePorts):
@@ -204,11 +202,7 @@ class FakeTimedPorts(FakePorts):
 
 
 def test_scheduler_hands_timed_ports_each_note_ahead_with_its_time():
-    clock = Clock(tempo=600.0)  # a beat is 0.1 s
-    ports = FakeTimedPorts()
-    player = Scheduler(clock, ports)
-    try:
-        clock.start(0.0)
+    with playing(FakeTimedPorts()) as (clock, ports, player):
         player.add([ScheduledNote(1, 60, 2.0, 2.5)])
         player.all_off_at(4.0, [1])
         wait_until(lambda: len(ports.handed) == 2 and ports.offs, timeout=5)
@@ -220,16 +214,10 @@ def test_scheduler_hands_timed_ports_each_note_ahead_with_its_time():
         # All Notes Off is never handed over ahead: it must not cut the notes before it short.
         t_all_off = ports.offs[0][0]
         assert t_all_off >= clock.time_at(4.0) - 1e-3
-    finally:
-        player.close()
 
 
 def test_scheduler_ties_a_note_on_and_ends_the_old_model_at_the_bar():
-    clock = Clock(tempo=600.0)
-    ports = FakePorts()
-    player = Scheduler(clock, ports)
-    try:
-        clock.start(0.0)
+    with playing() as (clock, ports, player):
         player.add([ScheduledNote(1, 48, 1.0, 2.0)])
         assert player.tie(1, 48, 2.0, 3.0) and not player.tie(1, 48, 2.0, 4.0)
         retargeted = []
@@ -241,8 +229,6 @@ def test_scheduler_ties_a_note_on_and_ends_the_old_model_at_the_bar():
         off = [t for t, c, m in ports.sent if m[0] & 0xF0 == 0x80 and m[1] == 48]
         assert len(off) == 1 and off[0] == pytest.approx(clock.time_at(3.0), abs=0.01)  # held 1 -> 3
         assert ports.offs[0][1] == (1,) and retargeted and retargeted[0] <= ons[1][0]
-    finally:
-        player.close()
 
 
 # --------------------------------------------------------------------------- the session
@@ -419,23 +405,7 @@ def test_serve_follows_jack_midi_clock(jack, tmp_path):
         subprocess.run(["jack_transport"], input="play\nquit\n", env=jack.env, text=True, capture_output=True,
                        timeout=10)
         planned: set[tuple[int, int, float]] = set()
-        melody = [72, 74, 76, 77, 79, 77, 76, 74]
-        end = time.monotonic() + 6.0
-        i = 0
-        while time.monotonic() < end:  # a melody played over OSC; the plan pushed back at each commit
-            client.send("/backline/live/note", melody[i % len(melody)], 100)
-            note_end = time.monotonic() + 0.3
-            while time.monotonic() < note_end:
-                try:
-                    data, _ = client.sock.recvfrom(65536)
-                except socket.timeout:
-                    continue
-                m = OscMessage(data)
-                if m.address == "/backline/live/plan/notes":
-                    v = m.params[1:]
-                    planned.update((m.params[0], v[j], round(v[j + 1], 6)) for j in range(0, len(v), 5))
-            client.send("/backline/live/note", melody[i % len(melody)], 0)
-            i += 1
+        _play_and_collect(client, planned, 6.0)  # a melody over OSC; the plan pushed back at each commit
         subprocess.run(["jack_transport"], input="stop\nquit\n", env=jack.env, text=True, capture_output=True,
                        timeout=10)
         time.sleep(0.5)
