@@ -396,6 +396,9 @@ class _ClientPool:
         lines = self.log.read().strip().splitlines()
         return lines[-1] if lines else "no output"
 
+    def pids(self, clients: int) -> list[int]:
+        return [proc.pid for proc in self.procs[:clients]]
+
     def run(self, clients: int, port: int, seconds: float) -> list[list]:
         """Release the first `clients` together on `port`; every clip each of them sent."""
         start = time.monotonic() + 0.2  # every client has its command by then
@@ -426,6 +429,30 @@ class _ClientPool:
                 proc.kill()
                 proc.wait()
         self.log.close()
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) a process has used so far, from /proc; None where there is
+    no /proc (macOS) or the process is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_total(pids: Sequence[int]) -> float | None:
+    times = [cpu_seconds(pid) for pid in pids]
+    return None if any(t is None for t in times) else sum(times)
+
+
+def cpu_figures(server_s: float | None, clients_s: float | None, replies: int, wall_s: float) -> dict[str, Any]:
+    """Where the CPU went in a level: server and client CPU ms per reply, and the share of
+    all the machine's cores that server and clients kept busy (None where not measured)."""
+    if server_s is None or clients_s is None or replies == 0 or wall_s <= 0:
+        return {"server_cpu_ms_per_clip": None, "client_cpu_ms_per_clip": None, "cpu_busy": None}
+    return {"server_cpu_ms_per_clip": 1000 * server_s / replies, "client_cpu_ms_per_clip": 1000 * clients_s / replies,
+            "cpu_busy": (server_s + clients_s) / (wall_s * (os.cpu_count() or 1))}
 
 
 def level_figures(clips_per_client: list[list], seconds: float) -> dict[str, Any]:
@@ -466,8 +493,15 @@ def measure_clients(args: argparse.Namespace) -> dict[str, Any]:
             results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
             for clients in levels:
                 for mode in modes:
+                    # The CPU that server and clients use over the whole level, per reply.
+                    pids = [servers.serves[mode].proc.pid, *pool.pids(clients)]
+                    before, started = [_cpu_total(pids[:1]), _cpu_total(pids[1:])], time.monotonic()
                     clips = pool.run(clients, servers.port(mode), args.level_seconds)
-                    results[mode].append(level_figures(clips, args.level_seconds))
+                    after, wall = [_cpu_total(pids[:1]), _cpu_total(pids[1:])], time.monotonic() - started
+                    figures = level_figures(clips, args.level_seconds)
+                    used = [b - a if a is not None and b is not None else None for a, b in zip(before, after)]
+                    figures.update(cpu_figures(*used, figures["replies"], wall))
+                    results[mode].append(figures)
         finally:
             pool.stop()
     finally:
@@ -488,7 +522,7 @@ def format_clients(report: dict[str, Any]) -> list[str]:
              f"{report['warmup_s']:g} s warm-up; batching off = serve {' '.join(BATCHING_OFF)}, "
              "wait N ms = serve --batch-window-ms N):",
              f"{'clients':>7s}  {'batching':<10s}{'sent':>7s}{'replies':>8s}{'errors':>7s}{'busy':>6s}{'lost':>6s}"
-             f"{'p50':>9s}{'p99':>9s}{'max':>9s}{'clips/s':>9s}{'vs 1st':>8s}"]
+             f"{'p50':>9s}{'p99':>9s}{'max':>9s}{'clips/s':>9s}{'vs 1st':>8s}{'srv ms':>8s}{'cli ms':>8s}{'cpu':>6s}"]
     firsts = {mode: rows[0]["clips_per_s"] for mode, rows in report["batching"].items()}
     by_level = sorted(((r, mode) for mode, rows in report["batching"].items() for r in rows),
                       key=lambda item: item[0]["clients"])  # stable: on before off within a level
@@ -496,8 +530,14 @@ def format_clients(report: dict[str, Any]) -> list[str]:
         trip = r["round_trip_ms"]
         times = "".join(f"{trip[k]:>9.2f}" for k in ("p50", "p99", "max")) if trip["runs"] else f"{'-':>9s}" * 3
         ratio = f"{r['clips_per_s'] / firsts[mode]:>7.2f}x" if firsts[mode] > 0 else f"{'-':>8s}"
+        if r.get("cpu_busy") is not None:
+            cpu = f"{r['server_cpu_ms_per_clip']:>8.2f}{r['client_cpu_ms_per_clip']:>8.2f}{r['cpu_busy']:>6.0%}"
+        else:
+            cpu = f"{'-':>8s}{'-':>8s}{'-':>6s}"
         lines.append(f"{r['clients']:>7d}  {mode:<10s}{r['sent']:>7d}{r['replies']:>8d}{r['errors']:>7d}{r['busy']:>6d}"
-                     f"{r['lost'] + r['short']:>6d}{times}{r['clips_per_s']:>9.1f}{ratio}")
+                     f"{r['lost'] + r['short']:>6d}{times}{r['clips_per_s']:>9.1f}{ratio}{cpu}")
+    lines.append("  (srv ms / cli ms: CPU ms the server / all clients used per reply; cpu: share of all "
+                 f"{os.cpu_count()} cores they kept busy)")
     for mode in report["batching"]:
         every = all(r["sent"] == r["replies"] for r in report["batching"][mode])
         best = report[f"saturation_{mode}"]

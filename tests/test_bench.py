@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from pathlib import Path
 
 from .conftest import run_backline
@@ -39,7 +41,7 @@ def test_bench_prints_every_row_with_numbers(tmp_path):
     # The concurrency table: a row per level and batching mode, then a summary per mode.
     header = lines.index(next(line for line in lines if line.startswith("concurrent clients")))
     assert lines[header + 1].split() == ["clients", "batching", "sent", "replies", "errors", "busy", "lost",
-                                         "p50", "p99", "max", "clips/s", "vs", "1st"]
+                                         "p50", "p99", "max", "clips/s", "vs", "1st", "srv", "ms", "cli", "ms", "cpu"]
     level_rows = [line.split() for line in lines[header + 2:header + 6]]
     assert [(r[0], r[1]) for r in level_rows] == [("1", "on"), ("1", "off"), ("2", "on"), ("2", "off")]
     for r in level_rows:
@@ -47,7 +49,10 @@ def test_bench_prints_every_row_with_numbers(tmp_path):
         assert sent > 0 and sent == replies + errors + busy + lost
         p50, p99, top, rate = map(float, r[7:11])
         assert 0 < p50 <= p99 <= top and rate > 0 and r[11].endswith("x")
-    summary = lines[header + 6:header + 8]
+        server_ms, client_ms, busy_share = float(r[12]), float(r[13]), float(r[14].rstrip("%"))
+        assert server_ms > 0 and client_ms > 0 and 0 < busy_share <= 100  # /proc is there on Linux
+    assert lines[header + 6].strip().startswith("(srv ms / cli ms: CPU ms the server / all clients used per reply")
+    summary = lines[header + 7:header + 9]
     assert [line.split(":")[0] for line in summary] == ["batching on", "batching off"]
     assert all("throughput at saturation" in line and "clips/s" in line for line in summary)
     assert lines[-1] == "live: skipped"
@@ -62,6 +67,7 @@ def test_bench_prints_every_row_with_numbers(tmp_path):
     for mode, levels in clients["batching"].items():
         assert [level["clients"] for level in levels] == [1, 2]
         assert clients[f"saturation_{mode}"]["clips_per_s"] == max(level["clips_per_s"] for level in levels)
+        assert all(level["server_cpu_ms_per_clip"] > 0 and 0 < level["cpu_busy"] <= 1 for level in levels)
 
 
 def test_bench_parts_can_be_skipped(tmp_path):
@@ -205,3 +211,19 @@ def test_bench_melody_is_four_bars():
     assert CLIP_BEATS == 16.0 and len(notes) == 15
     assert max(n.end for n in notes) == 16.0 and notes[0].start == 0.0
     assert Path(__file__).parent.parent.joinpath("models", "examples", "ode-to-joy.mid").is_file()
+
+
+def test_cpu_seconds_reads_this_process_and_figures_divide_by_replies():
+    from backline.bridge import bench
+
+    before = bench.cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.2
+    while time.process_time() < deadline:  # burn 0.2 s of CPU
+        pass
+    assert bench.cpu_seconds(os.getpid()) - before >= 0.15
+    assert bench.cpu_seconds(2 ** 22 + 12345) is None  # no such process
+    figures = bench.cpu_figures(0.5, 0.25, 100, 1.0)
+    assert figures["server_cpu_ms_per_clip"] == 5.0 and figures["client_cpu_ms_per_clip"] == 2.5
+    assert figures["cpu_busy"] == 0.75 / (os.cpu_count() or 1)
+    assert bench.cpu_figures(None, 0.25, 100, 1.0)["cpu_busy"] is None
+    assert bench.cpu_figures(0.5, 0.25, 0, 1.0)["server_cpu_ms_per_clip"] is None
