@@ -48,8 +48,8 @@ from typing import Iterable, Sequence
 
 from backline.models.spec import TrackSpec
 
-from .midi_ports import (ALL_NOTES_OFF, IN_PORT, InputCallback, MidiUnavailable, no_jack_server, note_sent, output_plan,
-                         port_name)
+from .midi_ports import (ALL_NOTES_OFF, IN_PORT, InputCallback, MidiUnavailable, channel_message, no_jack_server,
+                         note_sent, output_plan, port_name)
 
 log = logging.getLogger("backline.bridge.midi")
 
@@ -384,12 +384,7 @@ class JackMidiPorts:
         """Send one message on `channel` (0-15): at time `at` on `now()`'s line (its frame),
         or at the start of the next cycle. A channel voice message gets `channel` in its
         status byte. False (nothing sent) when no port carries the channel or JACK is gone."""
-        if not 0 <= channel <= 15 or not message:
-            raise ValueError(f"bad MIDI channel {channel} or empty message")
-        data = [int(b) & 0xFF for b in message]
-        status = data[0]
-        if 0x80 <= status < 0xF0:
-            data[0] = (status & 0xF0) | channel
+        data = channel_message(channel, message)
         frame = 0 if at is None else max(1, round(at * self.rate))  # 0 sorts before every timed message
         with self._lock:
             if not self.healthy:
@@ -398,7 +393,7 @@ class JackMidiPorts:
             if name is None:
                 return False
             heapq.heappush(self._queue, (frame, next(self._seq), name, bytes(data), channel))
-            note_sent(self._used, self._sounding, channel, status, data)
+            note_sent(self._used, self._sounding, channel, data)
             return True
 
     def notes_off(self, channels: Iterable[int] | None = None) -> None:

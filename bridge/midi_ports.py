@@ -93,10 +93,23 @@ def output_plan(client_name: str, tracks: Sequence[TrackSpec], per_track_ports: 
     return wanted
 
 
-def note_sent(used: set[int], sounding: set[tuple[int, int]], channel: int, status: int,
-              data: Sequence[int]) -> None:
-    """Book a channel message as sent: its channel is used, a note-on starts a sounding
-    note and a note-off (or note-on at velocity 0) ends it; what All Notes Off undoes."""
+def channel_message(channel: int, message: Sequence[int]) -> list[int]:
+    """`message` as bytes to send on `channel` (0-15): a channel voice message gets the
+    channel in its status byte, a system message stays as it is. ValueError for a bad
+    channel or an empty message."""
+    if not 0 <= channel <= 15 or not message:
+        raise ValueError(f"bad MIDI channel {channel} or empty message")
+    data = [int(b) & 0xFF for b in message]
+    if 0x80 <= data[0] < 0xF0:
+        data[0] = (data[0] & 0xF0) | channel
+    return data
+
+
+def note_sent(used: set[int], sounding: set[tuple[int, int]], channel: int, data: Sequence[int]) -> None:
+    """Book a message as sent (as channel_message made it): a channel message's channel is
+    used, a note-on starts a sounding note and a note-off (or note-on at velocity 0) ends
+    it; what All Notes Off undoes."""
+    status = data[0]
     if not 0x80 <= status < 0xF0:
         return
     used.add(channel)
@@ -249,12 +262,7 @@ class MidiPorts:
         """Send one message on `channel` (0-15) through the port for that channel. A channel
         voice message gets `channel` in its status byte; a system message goes as it is.
         False (and nothing sent) when no port carries the channel or the backend is gone."""
-        if not 0 <= channel <= 15 or not message:
-            raise ValueError(f"bad MIDI channel {channel} or empty message")
-        data = [int(b) & 0xFF for b in message]
-        status = data[0]
-        if 0x80 <= status < 0xF0:
-            data[0] = (status & 0xF0) | channel
+        data = channel_message(channel, message)
         with self._lock:
             if not self.healthy:
                 return False
@@ -262,7 +270,7 @@ class MidiPorts:
             if name is None:
                 return False
             self._outputs[name].send_message(data)
-            note_sent(self._used, self._sounding, channel, status, data)
+            note_sent(self._used, self._sounding, channel, data)
             return True
 
     def notes_off(self, channels: Iterable[int] | None = None) -> None:

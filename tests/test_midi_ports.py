@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from backline.bridge.bench_live import FrameRecorder
-from backline.bridge.midi_ports import MidiPorts, MidiUnavailable, track_channel
+from backline.bridge.midi_ports import MidiPorts, MidiUnavailable, channel_message, track_channel
 from backline.models.spec import TrackSpec
 
 from .fake_models import write_fixed_model
@@ -380,3 +380,13 @@ def test_frame_ports_notes_off_drops_what_is_not_out_yet(jack):
     finally:
         rec.close()
         ports.close()
+
+
+def test_channel_message_stamps_voice_messages_and_leaves_system_ones():
+    assert channel_message(9, [0x90, 36, 100]) == [0x99, 36, 100]
+    assert channel_message(2, [0x8F, 60, 0]) == [0x82, 60, 0]  # the given channel wins
+    assert channel_message(5, [0xF8]) == [0xF8]  # clock: no channel
+    assert channel_message(0, [0x1B0, 123, 0]) == [0xB0, 123, 0]  # bytes masked to 8 bits
+    for channel, message in ((16, [0x90, 60, 1]), (-1, [0x90, 60, 1]), (0, [])):
+        with pytest.raises(ValueError, match="bad MIDI channel"):
+            channel_message(channel, message)
