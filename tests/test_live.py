@@ -24,7 +24,7 @@ import pytest
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import build_msg
 
-from backline.bridge.bench_live import FrameRecorder, note_errors
+from backline.bridge.bench_live import FrameRecorder, note_errors, time_of_beat
 from backline.bridge.clock import Clock
 from backline.bridge.jack_midi import SCHEDULING_MARGIN_S
 from backline.bridge.live import LiveSession, LiveSettings, generate_bar, predict, sample_seed, window_melody
@@ -383,6 +383,32 @@ def _out_port(jack_server, suffix: str) -> str:
     raise AssertionError(f"no JACK port ending in {suffix}: {jack_server.ports()}")
 
 
+@contextlib.contextmanager
+def _band_on_jack_clock(jack_server, tmp_path: Path, *clock_args: str):
+    """`jack_midi_clock CLOCK_ARGS` driving `backline serve --clock midi` on JACK, a frame
+    recorder hearing both the ticks and the band, and an OSC client subscribed to the
+    plan: (server, client, recorder). Everything is stopped afterwards."""
+    clock_proc = subprocess.Popen(["jack_midi_clock", *clock_args], env=jack_server.env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = Server(BACH, tmp_path / "serve.log", "--midi-api", "jack", "--clock", "midi", "--no-reload")
+    client = OscClient(server.port)
+    recorder = FrameRecorder("test-recorder")
+    try:
+        jack_server.wait_for_port("jack_midi_clock:mclk_out")
+        backline_in, backline_out = _out_port(jack_server, "backline in"), _out_port(jack_server, "backline out")
+        for source, destination in (("jack_midi_clock:mclk_out", backline_in),
+                                    ("jack_midi_clock:mclk_out", recorder.port), (backline_out, recorder.port)):
+            jack_server.connect(source, destination)
+        client.send("/backline/live/subscribe", 1)
+        yield server, client, recorder
+    finally:
+        recorder.close()
+        client.close()
+        server.stop()
+        clock_proc.send_signal(signal.SIGINT)  # SIGTERM hangs jackd (and leaks its registry slot)
+        clock_proc.wait(5)
+
+
 def test_serve_follows_jack_midi_clock(jack, tmp_path):
     """jack_midi_clock drives `backline serve --clock midi`; the recorder hears the ticks
     and the band in JACK frames. Every note lands at its planned beat, within one JACK
@@ -390,18 +416,7 @@ def test_serve_follows_jack_midi_clock(jack, tmp_path):
     out at the next cycle's start, up to a period late); stop leaves nothing sounding.
     (A tempo change through JACK: the next test.)"""
     require("jack_midi_clock", "jack-midi-clock")
-    clock_proc = subprocess.Popen(["jack_midi_clock", "-b", "120", "-B"], env=jack.env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = Server(BACH, tmp_path / "serve.log", "--midi-api", "jack", "--clock", "midi", "--no-reload")
-    client = OscClient(server.port)
-    recorder = FrameRecorder("test-recorder")
-    try:
-        jack.wait_for_port("jack_midi_clock:mclk_out")
-        backline_in, backline_out = _out_port(jack, "backline in"), _out_port(jack, "backline out")
-        jack.connect("jack_midi_clock:mclk_out", backline_in)
-        jack.connect("jack_midi_clock:mclk_out", recorder.port)
-        jack.connect(backline_out, recorder.port)
-        client.send("/backline/live/subscribe", 1)
+    with _band_on_jack_clock(jack, tmp_path, "-b", "120", "-B") as (server, client, recorder):
         subprocess.run(["jack_transport"], input="play\nquit\n", env=jack.env, text=True, capture_output=True,
                        timeout=10)
         planned: set[tuple[int, int, float]] = set()
@@ -427,12 +442,6 @@ def test_serve_follows_jack_midi_clock(jack, tmp_path):
         assert any(m[0] & 0xF0 == 0xB0 and m[1] == 123 for m in after), after
         assert rec.hung_notes() == set()
         assert "Traceback" not in server.stderr()
-    finally:
-        recorder.close()
-        client.close()
-        server.stop()
-        clock_proc.send_signal(signal.SIGINT)  # SIGTERM hangs jackd (and leaks its registry slot)
-        clock_proc.wait(5)
 
 
 MELODY = [72, 74, 76, 77, 79, 77, 76, 74]
@@ -475,19 +484,8 @@ def test_a_tempo_change_through_jack_moves_the_notes_to_the_new_grid(jack, tmp_p
     goes out at the start of the next cycle."""
     require("jack_midi_clock", "jack-midi-clock")
     require("jack_transport", "jackd2")
-    master = jack.timebase_master(120)
-    clock_proc = subprocess.Popen(["jack_midi_clock", "-b", "120"], env=jack.env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = Server(BACH, tmp_path / "serve.log", "--midi-api", "jack", "--clock", "midi", "--no-reload")
-    client = OscClient(server.port)
-    recorder = FrameRecorder("test-recorder")
-    try:
-        jack.wait_for_port("jack_midi_clock:mclk_out")
-        backline_in, backline_out = _out_port(jack, "backline in"), _out_port(jack, "backline out")
-        for source, destination in (("jack_midi_clock:mclk_out", backline_in),
-                                    ("jack_midi_clock:mclk_out", recorder.port), (backline_out, recorder.port)):
-            jack.connect(source, destination)
-        client.send("/backline/live/subscribe", 1)
+    with (contextlib.closing(jack.timebase_master(120)) as master,
+          _band_on_jack_clock(jack, tmp_path, "-b", "120") as (server, client, recorder)):
         planned: set[tuple[int, int, float]] = set()
         master.play()
         _play_and_collect(client, planned, 4.0)
@@ -514,7 +512,7 @@ def test_a_tempo_change_through_jack_moves_the_notes_to_the_new_grid(jack, tmp_p
         # Each note-on after the window, against its planned beat on the new ticks.
         due = {}
         for beat, channel, pitch in expected:
-            at = _time_of_beat(ticks, beat)
+            at = time_of_beat(ticks, beat)
             if at is not None:
                 due.setdefault((channel, pitch), []).append(at)
         misses = []
@@ -533,19 +531,6 @@ def test_a_tempo_change_through_jack_moves_the_notes_to_the_new_grid(jack, tmp_p
         assert any(m[0] & 0xF0 == 0xB0 and m[1] == 123 for m in after_stop), "no All Notes Off at stop"
         assert rec.hung_notes() == set()
         assert "Traceback" not in server.stderr()
-    finally:
-        recorder.close()
-        client.close()
-        server.stop()
-        master.close()
-        clock_proc.send_signal(signal.SIGINT)  # SIGTERM hangs jackd (and leaks its registry slot)
-        clock_proc.wait(5)
-
-
-def _time_of_beat(ticks, beat):
-    from backline.bridge.bench_live import time_of_beat
-
-    return time_of_beat(ticks, beat)
 
 
 # --------------------------------------------------------------------------- live settings
