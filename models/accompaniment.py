@@ -24,7 +24,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .keys import Key, estimate_key, normalising_shift
-from .notes import Note, Roll, notes_to_roll, roll_to_notes, transpose_notes
+from .notes import Note, note_runs, notes_to_roll, transpose_notes
 from .runtime import Generator, binarise
 from .spec import GeneratorSpec, TrackSpec
 from .errors import BacklineError
@@ -190,16 +190,23 @@ def decode(
     out_frames, out_onsets = binarise(
         probs.frames, probs.onsets, spec, threshold=threshold, sample_seed=seed if sample else None
     )
+    # Every track's notes in one pass, moved back into the melody's key as numbers.
+    track_of, column, start, length = note_runs(out_frames, out_onsets)
+    pitch = column + spec.lowest_pitch - melody.shift
+    step_beats = 1.0 / spec.steps_per_beat
     # The band comes in with the melody: nothing starts before its first note (a pickup
-    # or a count-in of rests would otherwise get an accompaniment of its own).
-    first = melody.first_beat
-    tracks = []
-    for k, track in enumerate(spec.tracks):
-        track_roll = Roll(out_frames[k], out_onsets[k], spec.steps_per_beat, spec.lowest_pitch)
-        played = transpose_notes(roll_to_notes(track_roll, velocity), -melody.shift)
-        # Moved back from a large shift (a very low or high melody), a note can leave MIDI's
-        # 0..127; such a note cannot be written or played, so it is left out.
-        tracks.append((track, [n for n in played if 0 <= n.pitch <= 127 and n.start >= first - 1e-9]))
+    # or a count-in of rests would otherwise get an accompaniment of its own). Moved back
+    # from a large shift (a very low or high melody), a note can leave MIDI's 0..127; such
+    # a note cannot be written or played, so it is left out.
+    kept = (pitch >= 0) & (pitch <= 127) & (start * step_beats >= melody.first_beat - 1e-9)
+    track_of, pitch, start, length = track_of[kept], pitch[kept], start[kept], length[kept]
+    cuts = np.searchsorted(track_of, np.arange(1, spec.n_tracks))
+    tracks = [
+        (track, [Note(p, b * step_beats, d * step_beats, velocity)
+                 for p, b, d in zip(pitches.tolist(), starts.tolist(), lengths.tolist())])
+        for track, pitches, starts, lengths in zip(spec.tracks, np.split(pitch, cuts), np.split(start, cuts),
+                                                   np.split(length, cuts))
+    ]
     return Accompaniment(tracks, melody.key, melody.shift)
 
 

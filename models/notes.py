@@ -93,30 +93,39 @@ def roll_to_notes(roll: Roll, velocity: int = 100) -> list[Note]:
     An onset without a frame is ignored (the frame roll decides what sounds). Notes come
     out sorted by start, then pitch.
     """
-    frames = roll.frames.astype(bool)
-    onsets = roll.onsets.astype(bool) & frames
-    n_steps = frames.shape[0]
-    # A note starts where the pitch sounds and either did not sound one step before or
-    # carries an onset. It ends at the first step after its start that is silent or starts
-    # another note. Pitch-major rows with a silent step appended keep every note inside its
-    # own pitch, so one search over the flattened roll finds every end at once.
-    previous = np.zeros_like(frames)
-    previous[1:] = frames[:-1]
-    starts = frames & (~previous | onsets)
-    padded = np.zeros((frames.shape[1], n_steps + 1), dtype=bool)
-    padded[:, :n_steps] = frames.T
-    is_start = np.zeros_like(padded)
-    is_start[:, :n_steps] = starts.T
-    start_at = np.flatnonzero(is_start)
-    stops = np.flatnonzero(~padded | is_start)
-    end_at = stops[np.searchsorted(stops, start_at, side="right")]
-    pitch, start = np.divmod(start_at, n_steps + 1)
-    order = np.lexsort((pitch, start))
+    _, pitch, start, length = note_runs(roll.frames[None], roll.onsets[None])
     step_beats = 1.0 / roll.steps_per_beat
     return [
         Note(pitch=p + roll.lowest_pitch, start=b * step_beats, duration=d * step_beats, velocity=velocity)
-        for p, b, d in zip(pitch[order].tolist(), start[order].tolist(), (end_at - start_at)[order].tolist())
+        for p, b, d in zip(pitch.tolist(), start.tolist(), length.tolist())
     ]
+
+
+def note_runs(frames: np.ndarray, onsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The notes of a stack of rolls `[K, T, P]`, as `roll_to_notes` reads each roll:
+    arrays (roll, pitch column, start step, length in steps), sorted by roll, then start,
+    then pitch. One pass over every roll at once, so a model's tracks cost one call."""
+    frames = np.asarray(frames, dtype=bool)
+    onsets = np.asarray(onsets, dtype=bool) & frames
+    n_rolls, n_steps, n_pitches = frames.shape
+    # A note starts where the pitch sounds and either did not sound one step before or
+    # carries an onset. It ends at the first step after its start that is silent or starts
+    # another note. Roll- and pitch-major rows with a silent step appended keep every note
+    # inside its own pitch, so one search over the flattened rolls finds every end at once.
+    previous = np.zeros_like(frames)
+    previous[:, 1:] = frames[:, :-1]
+    starts = frames & (~previous | onsets)
+    padded = np.zeros((n_rolls, n_pitches, n_steps + 1), dtype=bool)
+    padded[:, :, :n_steps] = frames.transpose(0, 2, 1)
+    is_start = np.zeros_like(padded)
+    is_start[:, :, :n_steps] = starts.transpose(0, 2, 1)
+    start_at = np.flatnonzero(is_start)
+    stops = np.flatnonzero(~padded | is_start)
+    end_at = stops[np.searchsorted(stops, start_at, side="right")]
+    row, start = np.divmod(start_at, n_steps + 1)
+    roll, pitch = np.divmod(row, n_pitches)
+    order = np.lexsort((pitch, start, roll))
+    return roll[order], pitch[order], start[order], (end_at - start_at)[order]
 
 
 def note_durations(roll: Roll) -> np.ndarray:

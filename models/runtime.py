@@ -158,60 +158,79 @@ def binarise(
 
     By threshold (the model's default unless given), or by Bernoulli sampling seeded with
     `sample_seed`. A polyphonic track keeps every cell that passes. A monophonic track is
-    read note by note (`_monophonic_notes`).
+    read note by note (`_read_voices`).
     """
     threshold = spec.threshold if threshold is None else threshold
     rng = np.random.default_rng(sample_seed) if sample_seed is not None else None
-
-    def decide(p: np.ndarray, cut: float) -> np.ndarray:
-        if rng is None:
-            return p >= cut
-        return rng.random(p.shape) < p
-
     out_frames = np.zeros(frames.shape, dtype=bool)
     out_onsets = np.zeros(frames.shape, dtype=bool)
+    voices = [k for k, track in enumerate(spec.tracks) if track.monophonic]
+    if rng is None and voices:  # every voice in one pass
+        _read_voices(frames[voices], onsets[voices], threshold, spec.onset_threshold, voices,
+                     out_frames, out_onsets)
     for k, track in enumerate(spec.tracks):
-        p, q = frames[k], onsets[k]
-        if track.monophonic:
-            _monophonic_notes(p, q, out_frames[k], out_onsets[k], decide, threshold,
-                              spec.onset_threshold, rng)
-        else:
-            out_frames[k] = decide(p, threshold)
-            out_onsets[k] = out_frames[k] & decide(q, spec.onset_threshold)
+        if not track.monophonic:
+            if rng is None:
+                out_frames[k] = frames[k] >= threshold
+                out_onsets[k] = out_frames[k] & (onsets[k] >= spec.onset_threshold)
+            else:
+                out_frames[k] = rng.random(frames[k].shape) < frames[k]
+                out_onsets[k] = out_frames[k] & (rng.random(onsets[k].shape) < onsets[k])
+        elif rng is not None:  # voice by voice, so that a seed draws in the same order
+            _read_voices(frames[k:k + 1], onsets[k:k + 1], threshold, spec.onset_threshold, [k],
+                         out_frames, out_onsets, rng)
     return out_frames, out_onsets
 
 
-def _monophonic_notes(p, q, out_frames, out_onsets, decide, threshold, onset_threshold, rng) -> None:
-    """Read one voice as a sequence of notes, writing into out_frames/out_onsets `[T, P]`.
+def _read_voices(p, q, threshold, onset_threshold, rows, out_frames, out_onsets, rng=None) -> None:
+    """Read voices `[V, T, P]` note by note, writing voice v into out_frames[rows[v]] and
+    out_onsets[rows[v]] (`[T, P]` each).
 
-    The voice sounds where its `MONOPHONIC_TOP_K` likeliest pitches together pass the test:
+    A voice sounds where its `MONOPHONIC_TOP_K` likeliest pitches together pass the test:
     a model unsure between two neighbouring notes still plays one, while the faint mass
     spread over every other pitch cannot add up to a note. A note starts where the voice
     starts sounding or where an onset passes (the likeliest pitch's onset); it lasts until
     the next start, and its pitch is the one most probable over its whole length (sampled
-    from those probabilities when sampling). Choosing the pitch per note, not per step, is
-    what keeps a wavering model from breaking a quarter note into flickering fragments.
+    from those probabilities, one draw per note in order, when `rng` is given). Choosing
+    the pitch per note, not per step, is what keeps a wavering model from breaking a
+    quarter note into flickering fragments.
     """
-    top = np.sort(p, axis=1)[:, -MONOPHONIC_TOP_K:].sum(axis=1)
-    sounding = decide(np.clip(top, 0.0, 1.0), threshold)
-    onset_here = decide(q.max(axis=1), onset_threshold)
-    previous = np.concatenate([[False], sounding[:-1]])
-    starts = np.flatnonzero(sounding & (~previous | onset_here))
+    n_voices, n_steps, n_pitches = p.shape
+    top = np.clip(np.sort(p, axis=-1)[..., -MONOPHONIC_TOP_K:].sum(axis=-1), 0.0, 1.0)
+    loudest_onset = q.max(axis=-1)
+    if rng is None:
+        sounding, onset_here = top >= threshold, loudest_onset >= onset_threshold
+    else:
+        sounding = rng.random(top.shape) < top
+        onset_here = rng.random(loudest_onset.shape) < loudest_onset
+    previous = np.zeros_like(sounding)
+    previous[:, 1:] = sounding[:, :-1]
+    # Voice-major rows with a silent step appended: a note never runs into the next voice.
+    is_start = np.zeros((n_voices, n_steps + 1), dtype=bool)
+    is_start[:, :n_steps] = sounding & (~previous | onset_here)
+    starts = np.flatnonzero(is_start)
     if len(starts) == 0:
         return
     # Each note ends at the first step after its start that is silent or starts the next note.
-    boundary = ~np.append(sounding, False)
-    boundary[starts] = True
+    boundary = np.ones((n_voices, n_steps + 1), dtype=bool)
+    boundary[:, :n_steps] = ~sounding
+    boundary |= is_start
     stops = np.flatnonzero(boundary)
     ends = stops[np.searchsorted(stops, starts, side="right")]
-    # Each note's probability mass per pitch, summed over its steps (a zero row makes the
-    # end of the window a valid segment boundary for reduceat).
+    # Each note's probability mass per pitch, summed over its steps (the appended silent
+    # rows make every end a valid segment boundary for reduceat).
+    padded = np.zeros((n_voices, n_steps + 1, n_pitches), dtype=p.dtype)
+    padded[:, :n_steps] = p
     bounds = np.stack([starts, ends], axis=1).ravel()
-    weights = np.add.reduceat(np.vstack([p, np.zeros((1, p.shape[1]), p.dtype)]), bounds, axis=0)[::2]
+    weights = np.add.reduceat(padded.reshape(-1, n_pitches), bounds, axis=0)[::2]
     if rng is None:
         pitches = weights.argmax(axis=1)
-    else:  # one draw per note, in order, so a seed gives the same notes as before
-        pitches = [int(rng.choice(len(w), p=w / w.sum())) for w in weights]
-    for start, end, pitch in zip(starts.tolist(), ends.tolist(), np.asarray(pitches).tolist()):
-        out_frames[start:end, pitch] = True
-    out_onsets[starts, pitches] = True
+    else:
+        pitches = np.array([rng.choice(len(w), p=w / w.sum()) for w in weights], dtype=int)
+    voice, start = np.divmod(starts, n_steps + 1)
+    lengths = ends - starts
+    # Every step of every note, as (row, step, pitch) index arrays.
+    steps = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths) + np.repeat(start, lengths)
+    track = np.asarray(rows)[voice]
+    out_frames[np.repeat(track, lengths), steps, np.repeat(pitches, lengths)] = True
+    out_onsets[track, start, pitches] = True

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from backline.models.notes import Note, Roll, roll_to_notes
+from backline.models.notes import Note, Roll, note_runs, roll_to_notes
 from backline.models.runtime import MONOPHONIC_TOP_K, binarise
 from backline.models.spec import TrackSpec
 
@@ -62,17 +62,37 @@ def test_roll_to_notes_reads_random_rolls_as_the_step_by_step_rule_does(seed):
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_a_monophonic_voice_decodes_random_probabilities_as_the_step_by_step_rule_does(seed):
+def test_monophonic_voices_decode_random_probabilities_as_the_step_by_step_rule_does(seed):
+    """Three voices and a polyphonic track between them, decoded in one call: each voice
+    as the one-voice reading has it (no note runs from one voice into the next)."""
     rng = np.random.default_rng(seed)
     n_steps, n_pitches = int(rng.integers(1, 60)), int(rng.integers(2, 24))
-    p = (rng.random((1, n_steps, n_pitches)) ** rng.uniform(1, 6)).astype(np.float32)
-    q = rng.random((1, n_steps, n_pitches)).astype(np.float32)
-    spec = replace(fixed_spec(), tracks=(TrackSpec("voice", 0, 1, monophonic=True),), threshold=0.3,
-                   onset_threshold=0.5)
+    p = (rng.random((4, n_steps, n_pitches)) ** rng.uniform(1, 6)).astype(np.float32)
+    q = rng.random((4, n_steps, n_pitches)).astype(np.float32)
+    tracks = tuple(TrackSpec(f"track {k}", 0, k, monophonic=k != 1) for k in range(4))
+    spec = replace(fixed_spec(), tracks=tracks, threshold=0.3, onset_threshold=0.5)
     frames, onsets = binarise(p, q, spec)
-    expected = voice_step_by_step(p[0], q[0], 0.3, 0.5)
-    assert np.array_equal(frames[0], expected)
-    starts = [(t, int(np.flatnonzero(expected[t])[0])) for t in range(n_steps)
-              if expected[t].any() and (t == 0 or not np.array_equal(expected[t], expected[t - 1])
-                                        or q[0, t].max() >= 0.5)]
-    assert {tuple(c) for c in np.argwhere(onsets[0])} == set(starts)
+    assert np.array_equal(frames[1], p[1] >= 0.3)
+    assert np.array_equal(onsets[1], (p[1] >= 0.3) & (q[1] >= 0.5))
+    for k in (0, 2, 3):
+        expected = voice_step_by_step(p[k], q[k], 0.3, 0.5)
+        assert np.array_equal(frames[k], expected)
+        starts = [(t, int(np.flatnonzero(expected[t])[0])) for t in range(n_steps)
+                  if expected[t].any() and (t == 0 or not np.array_equal(expected[t], expected[t - 1])
+                                            or q[k, t].max() >= 0.5)]
+        assert {tuple(c) for c in np.argwhere(onsets[k])} == set(starts)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_note_runs_reads_a_stack_of_rolls_as_roll_to_notes_reads_each(seed):
+    rng = np.random.default_rng(100 + seed)
+    n_rolls, n_steps, n_pitches = int(rng.integers(1, 5)), int(rng.integers(0, 40)), int(rng.integers(1, 16))
+    frames = rng.random((n_rolls, n_steps, n_pitches)) < rng.random()
+    onsets = rng.random((n_rolls, n_steps, n_pitches)) < rng.random()
+    roll, pitch, start, length = note_runs(frames, onsets)
+    for k in range(n_rolls):
+        mine = roll == k
+        expected = notes_step_by_step(frames[k], onsets[k] & frames[k], 4, 30)
+        assert [(n.pitch - 30, round(n.start * 4), round(n.duration * 4)) for n in expected] == \
+            list(zip(pitch[mine].tolist(), start[mine].tolist(), length[mine].tolist()))
+    assert np.array_equal(roll, np.sort(roll))
