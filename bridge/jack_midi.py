@@ -48,8 +48,8 @@ from typing import Iterable, Sequence
 
 from backline.models.spec import TrackSpec
 
-from .midi_ports import (ALL_NOTES_OFF, IN_PORT, InputCallback, MidiUnavailable, channel_message, no_jack_server,
-                         note_sent, output_plan, port_name)
+from .midi_ports import (ALL_NOTES_OFF, IN_PORT, InputCallback, MidiUnavailable, Routes, channel_message,
+                         no_jack_server, note_sent, output_plan, port_name)
 
 log = logging.getLogger("backline.bridge.midi")
 
@@ -166,8 +166,7 @@ class JackMidiPorts:
         self._queue: list[tuple[int, int, str, bytes, int]] = []  # (frame, seq, port, bytes, channel)
         self._seq = itertools.count()
         self._outputs: dict[str, int] = {}  # short port name -> jack_port_t*
-        self._route: dict[int, str] = {}
-        self._default_out: str | None = None
+        self._routes = Routes()
         self._used: set[int] = set()
         self._sounding: set[tuple[int, int]] = set()
         self._callback: InputCallback | None = None
@@ -231,14 +230,10 @@ class JackMidiPorts:
         the ports no longer used (the caller unregisters them once a cycle has passed)."""
         wanted = output_plan(self.client_name, tracks, self.per_track_ports)
         outputs = {name: self._outputs.get(name) or self._register(name, _PORT_IS_OUTPUT) for name in wanted}
-        route: dict[int, str] = {}
-        for name, channels in wanted.items():
-            for channel in channels:
-                route.setdefault(channel, name)
+        routes = Routes(wanted, self.per_track_ports)
         with self._lock:
             old = [port for name, port in self._outputs.items() if name not in outputs]
-            self._outputs, self._route = outputs, route
-            self._default_out = next(iter(wanted)) if not self.per_track_ports else None
+            self._outputs, self._routes = outputs, routes
         return old
 
     def _name_ports(self) -> None:
@@ -378,7 +373,7 @@ class JackMidiPorts:
 
     @property
     def channels(self) -> list[int]:
-        return list(self._route)
+        return self._routes.channels()
 
     def send(self, channel: int, message: Sequence[int], at: float | None = None) -> bool:
         """Send one message on `channel` (0-15): at time `at` on `now()`'s line (its frame),
@@ -389,7 +384,7 @@ class JackMidiPorts:
         with self._lock:
             if not self.healthy:
                 return False
-            name = self._route.get(channel, self._default_out)
+            name = self._routes.port(channel)
             if name is None:
                 return False
             heapq.heappush(self._queue, (frame, next(self._seq), name, bytes(data), channel))

@@ -93,6 +93,27 @@ def output_plan(client_name: str, tracks: Sequence[TrackSpec], per_track_ports: 
     return wanted
 
 
+class Routes:
+    """Which output port carries each channel, from an `output_plan`. With a single port,
+    a channel no track uses goes out on it too; with a port per track, nowhere."""
+
+    def __init__(self, plan: dict[str, list[int]] | None = None, per_track_ports: bool = False) -> None:
+        plan = plan or {}
+        self._port: dict[int, str] = {}
+        for name, channels in plan.items():
+            for channel in channels:
+                self._port.setdefault(channel, name)
+        self._default = next(iter(plan), None) if not per_track_ports else None
+
+    def channels(self) -> list[int]:
+        """The channels the tracks use, in track order."""
+        return list(self._port)
+
+    def port(self, channel: int) -> str | None:
+        """The short name of the port for `channel`, or None where none carries it."""
+        return self._port.get(channel, self._default)
+
+
 def channel_message(channel: int, message: Sequence[int]) -> list[int]:
     """`message` as bytes to send on `channel` (0-15): a channel voice message gets the
     channel in its status byte, a system message stays as it is. ValueError for a bad
@@ -136,7 +157,7 @@ class MidiPorts:
         self._input: rtmidi.MidiIn | None = None
         self._lister: rtmidi.MidiOut | None = None
         self._outputs: dict[str, rtmidi.MidiOut] = {}  # short port name -> port
-        self._route: dict[int, str] = {}  # channel -> short port name
+        self._routes = Routes()
         self._full: dict[str, str] = {}  # short port name -> full name
         self._used: set[int] = set()
         self._sounding: set[tuple[int, int]] = set()  # (channel, pitch)
@@ -144,7 +165,6 @@ class MidiPorts:
         self._healthy = True
         self._closed = False
         self._watch: _JackWatch | None = None
-        self._default_out: str | None = None
         self._full_in = port_name(client_name, IN_PORT)
 
     # ------------------------------------------------------------------ opening
@@ -202,11 +222,7 @@ class MidiPorts:
                 out = _new(rtmidi.MidiOut, self.api, self.client_name)
                 out.open_virtual_port(name)
                 self._outputs[name] = out
-        self._route = {}
-        for name, channels in wanted.items():
-            for channel in channels:
-                self._route.setdefault(channel, name)
-        self._default_out = next(iter(wanted)) if not self.per_track_ports else None
+        self._routes = Routes(wanted, self.per_track_ports)
 
     def _name_ports(self, before_in: set[str] | None = None, before_out: set[str] | None = None) -> None:
         """Full names as the backend lists them (new ones, by their short names), else short."""
@@ -256,7 +272,7 @@ class MidiPorts:
     @property
     def channels(self) -> list[int]:
         """The channels that have a port, in track order."""
-        return list(self._route)
+        return self._routes.channels()
 
     def send(self, channel: int, message: Sequence[int]) -> bool:
         """Send one message on `channel` (0-15) through the port for that channel. A channel
@@ -266,7 +282,7 @@ class MidiPorts:
         with self._lock:
             if not self.healthy:
                 return False
-            name = self._route.get(channel, self._default_out)
+            name = self._routes.port(channel)
             if name is None:
                 return False
             self._outputs[name].send_message(data)

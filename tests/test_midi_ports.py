@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from backline.bridge.bench_live import FrameRecorder
-from backline.bridge.midi_ports import MidiPorts, MidiUnavailable, channel_message, track_channel
+from backline.bridge.midi_ports import MidiPorts, MidiUnavailable, Routes, channel_message, output_plan, track_channel
 from backline.models.spec import TrackSpec
 
 from .fake_models import write_fixed_model
@@ -380,6 +380,18 @@ def test_frame_ports_notes_off_drops_what_is_not_out_yet(jack):
     finally:
         rec.close()
         ports.close()
+
+
+def test_routes_send_each_channel_to_its_track_port_and_strays_only_to_a_shared_one():
+    tracks = [TrackSpec("Alto", 40, 0), TrackSpec("Alto", 41, 1), TrackSpec("Bass", 42, 1)]
+    shared = Routes(output_plan("backline", tracks, False), False)
+    assert shared.channels() == [0, 1]
+    assert shared.port(0) == shared.port(1) == shared.port(9) == "backline out"
+    per_track = Routes(output_plan("backline", tracks, True), True)
+    assert per_track.channels() == [0, 1]
+    assert (per_track.port(0), per_track.port(1)) == ("backline alto", "backline alto'")  # the first track wins
+    assert per_track.port(9) is None
+    assert Routes().port(0) is None and Routes().channels() == []
 
 
 def test_channel_message_stamps_voice_messages_and_leaves_system_ones():
