@@ -18,6 +18,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -303,16 +304,20 @@ class OscClient:
     def send(self, address: str, *args) -> None:
         self.sock.sendto(build_msg(address, list(args)).dgram, self.server)
 
-    def receive(self, until: str, timeout: float = 5.0) -> list[OscMessage]:
-        """Messages up to and including the first with address `until`."""
-        deadline = time.monotonic() + timeout
-        out = []
+    def messages(self, seconds: float) -> Iterator[OscMessage]:
+        """Every message that arrives in the next `seconds`, as it arrives."""
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             try:
                 data, _ = self.sock.recvfrom(65536)
             except socket.timeout:
                 continue
-            message = OscMessage(data)
+            yield OscMessage(data)
+
+    def receive(self, until: str, timeout: float = 5.0) -> list[OscMessage]:
+        """Messages up to and including the first with address `until`."""
+        out = []
+        for message in self.messages(timeout):
             out.append(message)
             if message.address == until:
                 return out
@@ -456,13 +461,7 @@ def _play_and_collect(client: OscClient, planned: set[tuple[int, int, float]], s
     while time.monotonic() < end:
         pitch = MELODY[i % len(MELODY)]
         client.send("/backline/live/note", pitch, 100)
-        note_end = time.monotonic() + note_s
-        while time.monotonic() < note_end:
-            try:
-                data, _ = client.sock.recvfrom(65536)
-            except socket.timeout:
-                continue
-            m = OscMessage(data)
+        for m in client.messages(note_s):
             if m.address == "/backline/live/plan/notes":
                 v = m.params[1:]
                 planned.update((m.params[0], v[j], round(v[j + 1], 6)) for j in range(0, len(v), 5))
@@ -588,13 +587,7 @@ class PlanWatcher:
         self._tracks: dict[int, list[Note]] = {}
 
     def pump(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            try:
-                data, _ = self.client.sock.recvfrom(65536)
-            except socket.timeout:
-                continue
-            m = OscMessage(data)
+        for m in self.client.messages(seconds):
             if m.address == "/backline/error":
                 self.errors.append(tuple(m.params))
             elif m.address == "/backline/live/plan/begin":
