@@ -130,9 +130,7 @@ def note_runs(frames: np.ndarray, onsets: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def note_durations(roll: Roll) -> np.ndarray:
     """Durations in steps of every note in the roll (as `roll_to_notes` decodes them)."""
-    return np.array(
-        [round(n.duration * roll.steps_per_beat) for n in roll_to_notes(roll)], dtype=int
-    )
+    return note_runs(roll.frames[None], roll.onsets[None])[3].astype(int)
 
 
 def transpose_notes(notes: Iterable[Note], semitones: int) -> list[Note]:

@@ -36,7 +36,7 @@ def real_windows(notes_per_track: int, n: int = 4):
 
 def test_count_notes_reads_onsets():
     frames, onsets = real_windows(notes_per_track=4, n=2)
-    assert count_notes(frames, onsets, 4, 36) == 2 * 4 * 4
+    assert count_notes(frames, onsets) == 2 * 4 * 4
 
 
 def test_calibration_matches_the_real_note_density():

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from backline.models.keys import Key
-from backline.models.notes import Roll, roll_to_notes
+from backline.models.notes import note_runs
 from backline.models.runtime import binarise
 from backline.models.spec import GeneratorSpec
 
@@ -149,11 +149,11 @@ def format_table(generated: dict[str, float], real: dict[str, float], metrics: l
     return "\n".join(rows)
 
 
-def count_notes(frames: np.ndarray, onsets: np.ndarray, steps_per_beat: int, lowest_pitch: int) -> int:
+def count_notes(frames: np.ndarray, onsets: np.ndarray) -> int:
     """Notes in rolls `[..., T, P]`, as `roll_to_notes` reads them."""
     flat_f = frames.reshape(-1, *frames.shape[-2:])
     flat_o = onsets.reshape(-1, *onsets.shape[-2:])
-    return sum(len(roll_to_notes(Roll(f, o, steps_per_beat, lowest_pitch))) for f, o in zip(flat_f, flat_o))
+    return len(note_runs(flat_f, flat_o)[0])
 
 
 THRESHOLDS = (0.2, 0.25, 0.3, 0.4, 0.5)
@@ -190,10 +190,10 @@ def calibrate_decoding(generate: GenerateFn, spec: GeneratorSpec, frames: np.nda
     threshold = _closest(THRESHOLDS, lambda c: float(decoded(replace(spec, threshold=c))[0].any(axis=-1).mean()),
                          real_coverage)
     spec = replace(spec, threshold=threshold)
-    real_notes = count_notes(frames[:, 1:], onsets[:, 1:], spec.steps_per_beat, spec.lowest_pitch)
+    real_notes = count_notes(frames[:, 1:], onsets[:, 1:])
     onset_threshold = _closest(
         ONSET_THRESHOLDS,
-        lambda c: count_notes(*decoded(replace(spec, onset_threshold=c)), spec.steps_per_beat, spec.lowest_pitch),
+        lambda c: count_notes(*decoded(replace(spec, onset_threshold=c))),
         real_notes,
     )
     return {"threshold": threshold, "onset_threshold": onset_threshold}
