@@ -20,37 +20,12 @@ needs per-sample gradients) ending in one unbounded score.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import nn
 
+from .config import NetConfig
+
 ARCHITECTURE = "unet-onset-v1"
-
-
-@dataclass(frozen=True)
-class NetConfig:
-    n_tracks: int = 3
-    window_steps: int = 48
-    n_pitches: int = 64
-    steps_per_beat: int = 4
-    z_dim: int = 32
-    # Channels at each resolution, full first; each further level halves time and pitch.
-    # Full resolution is kept narrow: it is where the compute goes (48 x 64 positions).
-    widths: tuple[int, ...] = (8, 16, 32, 64)
-
-    @property
-    def levels(self) -> int:
-        return len(self.widths)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "NetConfig":
-        data = dict(data)
-        data["widths"] = tuple(data["widths"])
-        return cls(**data)
 
 
 def _grid_channels(config: NetConfig) -> torch.Tensor:
@@ -149,7 +124,3 @@ class Critic(nn.Module):
         batch = melody.shape[0]
         x = torch.cat([melody[:, None], frames, onsets, self.grid.expand(batch, -1, -1, -1)], dim=1)
         return self.score(self.features(x)).squeeze(1)
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
