@@ -28,6 +28,7 @@ from .notes import Note, note_runs, notes_to_roll, transpose_notes
 from .runtime import Generator, binarise
 from .spec import GeneratorSpec, TrackSpec
 from .errors import BacklineError
+from .voicing import fit_range, melody_velocity_curve, velocities
 
 # Windows per model call. ONNX Runtime's working memory grows with the batch: a
 # 10,000-beat melody (834 windows) in one call peaked at 1.1 GB of RSS, in calls of 32 at
@@ -55,6 +56,9 @@ class PreparedMelody:
     first_beat: float  # where its first note starts
     key: Key | None
     shift: int
+    # Per step of the melody: its velocity there (the band follows the melody's dynamics).
+    velocity_curve: np.ndarray | None = None
+    mean_velocity: float = 90.0
 
     @property
     def n_windows(self) -> int:
@@ -103,7 +107,9 @@ def prepare(spec: GeneratorSpec, melody: Sequence[Note]) -> PreparedMelody:
         spec.steps_per_beat, spec.lowest_pitch, spec.n_pitches, clip=False,
     )
     windows = roll.frames.reshape(n_windows, spec.window_steps, spec.n_pitches).astype(np.float32)
-    return PreparedMelody(windows, n_steps, min(n.start for n in notes), key, shift)
+    curve = melody_velocity_curve(notes, max(n_steps, 1), spec.steps_per_beat)
+    mean_velocity = float(np.mean([n.velocity for n in notes]))
+    return PreparedMelody(windows, n_steps, min(n.start for n in notes), key, shift, curve, mean_velocity)
 
 
 def run_windows(
@@ -184,30 +190,55 @@ def decode(
     seed: int = 0,
     threshold: float | None = None,
     sample: bool = False,
-    velocity: int = 90,
+    velocity: int | None = None,
 ) -> Accompaniment:
-    """The model's probabilities for `melody` -> notes per track, back in the melody's key."""
+    """The model's probabilities for `melody` -> notes per track, back in the melody's key,
+    each track in its instrument's range (models/voicing.py), with velocities that follow
+    the melody's dynamics (or all `velocity`, when given)."""
     out_frames, out_onsets = binarise(
         probs.frames, probs.onsets, spec, threshold=threshold, sample_seed=seed if sample else None
     )
-    # Every track's notes in one pass, moved back into the melody's key as numbers.
+    # Every track's notes in one pass, moved back into the melody's key as numbers (drums
+    # stay where they are: a drum map has no key).
     track_of, column, start, length = note_runs(out_frames, out_onsets)
-    pitch = column + spec.lowest_pitch - melody.shift
+    is_drum = np.array([t.is_drum for t in spec.tracks], dtype=bool)
+    pitch = column + spec.lowest_pitch - np.where(is_drum[track_of], 0, melody.shift)
     step_beats = 1.0 / spec.steps_per_beat
     # The band comes in with the melody: nothing starts before its first note (a pickup
-    # or a count-in of rests would otherwise get an accompaniment of its own). Moved back
-    # from a large shift (a very low or high melody), a note can leave MIDI's 0..127; such
-    # a note cannot be written or played, so it is left out.
-    kept = (pitch >= 0) & (pitch <= 127) & (start * step_beats >= melody.first_beat - 1e-9)
+    # or a count-in of rests would otherwise get an accompaniment of its own).
+    kept = start * step_beats >= melody.first_beat - 1e-9
     track_of, pitch, start, length = track_of[kept], pitch[kept], start[kept], length[kept]
     cuts = np.searchsorted(track_of, np.arange(1, spec.n_tracks))
-    tracks = [
-        (track, [Note(p, b * step_beats, d * step_beats, velocity)
-                 for p, b, d in zip(pitches.tolist(), starts.tolist(), lengths.tolist())])
-        for track, pitches, starts, lengths in zip(spec.tracks, np.split(pitch, cuts), np.split(start, cuts),
-                                                   np.split(length, cuts))
-    ]
+    curve = melody.velocity_curve if melody.velocity_curve is not None else np.full(max(melody.n_steps, 1), 90.0)
+    reference = spec.melody.velocity or melody.mean_velocity
+    tracks = []
+    for track, pitches, starts, lengths in zip(spec.tracks, np.split(pitch, cuts), np.split(start, cuts),
+                                               np.split(length, cuts)):
+        pitches, starts, lengths = _in_range(track, pitches, starts, lengths, spec.steps_per_beat)
+        if velocity is None:
+            level = (track.velocity / reference) if track.velocity else 1.0
+            levels = velocities(starts, curve, level, spec.steps_per_beat, spec.steps_per_bar).tolist()
+        else:
+            levels = [velocity] * len(pitches)
+        tracks.append((track, [Note(p, b * step_beats, d * step_beats, v)
+                               for p, b, d, v in zip(pitches.tolist(), starts.tolist(), lengths.tolist(), levels)]))
     return Accompaniment(tracks, melody.key, melody.shift)
+
+
+def _in_range(track: TrackSpec, pitch: np.ndarray, start: np.ndarray, length: np.ndarray, steps_per_beat: int):
+    """A track's notes inside its instrument's range; drum notes off the drum map dropped,
+    and a note folded onto another of the same pitch and start kept once."""
+    low, high = track.playable_range
+    if track.is_drum:
+        inside = (pitch >= low) & (pitch <= high)
+        return pitch[inside], start[inside], length[inside]
+    pitch = fit_range(pitch, start, length, low, high, phrase_gap=steps_per_beat)
+    if len(pitch) > 1:
+        _, first = np.unique(start * 128 + pitch, return_index=True)
+        if len(first) < len(pitch):
+            first.sort()
+            pitch, start, length = pitch[first], start[first], length[first]
+    return pitch, start, length
 
 
 def accompany(
@@ -217,7 +248,7 @@ def accompany(
     seed: int = 0,
     threshold: float | None = None,
     sample: bool = False,
-    velocity: int = 90,
+    velocity: int | None = None,
 ) -> Accompaniment:
     """Generate the model's tracks for `melody` (times in beats from a barline)."""
     prepared = prepare(generator.spec, melody)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import mido
+from mido.midifiles.meta import KeySignatureError, build_meta_message
 
 from .notes import Note
 from .spec import TrackSpec
@@ -50,6 +52,8 @@ class MidiScore:
     time_signature: tuple[int, int]
     ticks_per_beat: int
     tempo_changes: list[tuple[float, float]] = field(default_factory=list)  # (beat, bpm)
+    # Every time-signature event, in time order: (beat, numerator, denominator).
+    time_signatures: list[tuple[float, int, int]] = field(default_factory=list)
 
     @property
     def length_beats(self) -> float:
@@ -63,12 +67,12 @@ class MidiScore:
 # --------------------------------------------------------------------------- reading
 
 
-def read_midi(path: str | os.PathLike[str]) -> MidiScore:
+def read_midi(path: str | os.PathLike[str], *, lenient: bool = False) -> MidiScore:
     """Read a type 0 or type 1 MIDI file into tracks of notes.
 
     A track that holds several channels (always so in type 0 files) is split into one
     MidiTrack per channel. Raises MidiError for a missing, empty, corrupt or unusable file
-    (no notes, only zero-length notes, only drums).
+    (no notes, only zero-length notes, only drums). `lenient` as in `read_midi_bytes`.
     """
     label = str(path)
     p = Path(path)
@@ -83,18 +87,33 @@ def read_midi(path: str | os.PathLike[str]) -> MidiScore:
             f"{label} could not be read ({exc.strerror or exc}); check that the file is "
             "readable"
         ) from None
-    return read_midi_bytes(data, label)
+    return read_midi_bytes(data, label, lenient=lenient)
 
 
-def read_midi_bytes(data: bytes, label: str = "the MIDI data") -> MidiScore:
-    """Like `read_midi`, for a file's content (e.g. a blob received over OSC)."""
+def read_midi_bytes(
+    data: bytes, label: str = "the MIDI data", *, lenient: bool = False
+) -> MidiScore:
+    """Like `read_midi`, for a file's content (e.g. a blob received over OSC).
+
+    lenient=True is for training data found in the wild rather than a user's own clip: it
+    also reads files that mido rejects only for a malformed meta event (such as an
+    impossible key signature), a truncated last track, or data bytes above 127 (clipped
+    to 127). Anything mido still cannot parse is a MidiError in this mode.
+    """
     if not data:
         raise MidiError(f"{label} is empty (0 bytes); {_EXPORT_HINT}")
     if not data.startswith(b"MThd"):
         raise MidiError(f"{label} is not a Standard MIDI File (bad header); {_EXPORT_HINT}")
+    errors: tuple[type[Exception], ...] = (
+        OSError, EOFError, ValueError, KeyError, IndexError, TypeError
+    )
+    if lenient:
+        # Repair a copy of the bytes rather than patch mido (its state is global).
+        data = _repair_midi_bytes(data)
+        errors += (KeySignatureError,)
     try:
-        midi = mido.MidiFile(file=io.BytesIO(data))
-    except (OSError, EOFError, ValueError, KeyError, IndexError, TypeError) as exc:
+        midi = mido.MidiFile(file=io.BytesIO(data), clip=lenient)
+    except errors as exc:
         reason = "the file is truncated" if isinstance(exc, EOFError) else str(exc)
         raise MidiError(
             f"{label} is a damaged MIDI file ({reason}); {_EXPORT_HINT} again"
@@ -117,6 +136,7 @@ def _score_from_midifile(midi: mido.MidiFile, label: str) -> MidiScore:
     global_programs: dict[int, int] = {}
     tempos: list[tuple[int, float]] = []
     time_signature: tuple[int, int] | None = None
+    time_signatures: list[tuple[int, int, int]] = []  # (tick, numerator, denominator)
     tracks: list[MidiTrack] = []
     n_raw_notes = 0
     n_drum_notes = 0
@@ -152,8 +172,10 @@ def _score_from_midifile(midi: mido.MidiFile, label: str) -> MidiScore:
                 name = msg.name.strip() or None
             elif kind == "set_tempo":
                 tempos.append((tick, mido.tempo2bpm(msg.tempo)))
-            elif kind == "time_signature" and time_signature is None:
-                time_signature = (msg.numerator, msg.denominator)
+            elif kind == "time_signature":
+                time_signatures.append((tick, msg.numerator, msg.denominator))
+                if time_signature is None:
+                    time_signature = (msg.numerator, msg.denominator)
         for (channel, pitch), (start, velocity) in open_notes.items():
             by_channel[channel].append((pitch, start, tick, velocity))
 
@@ -203,13 +225,102 @@ def _score_from_midifile(midi: mido.MidiFile, label: str) -> MidiScore:
     tempos.sort(key=lambda item: item[0])  # stable: file order within a tick
     # Tempi are stored in whole microseconds per beat: 90 bpm reads back as 89.99995.
     tempo_changes = [(tick / tpb, round(bpm, 3)) for tick, bpm in tempos]
+    time_signatures.sort(key=lambda item: item[0])  # stable, as for tempi
     return MidiScore(
         tracks=tracks,
         tempo_bpm=tempo_changes[0][1] if tempo_changes else DEFAULT_TEMPO_BPM,
         time_signature=time_signature or (4, 4),
         ticks_per_beat=tpb,
         tempo_changes=tempo_changes,
+        time_signatures=[(tick / tpb, num, den) for tick, num, den in time_signatures],
     )
+
+
+def _repair_midi_bytes(data: bytes) -> bytes:
+    """A copy of a MIDI file that mido can read, for `read_midi_bytes(lenient=True)`.
+
+    Two repairs, both keeping every delta time where it is:
+      - a meta event that mido cannot decode (e.g. FF 59 02 sf mi with an impossible key:
+        mido raises KeySignatureError and gives up on the whole file) gets type 7F,
+        sequencer-specific, which mido keeps as opaque bytes; the length is unchanged;
+      - a last track cut short (the file ends before its declared length; mido raises
+        EOFError) is trimmed to its last complete event and its length fixed. Only the
+        last track: a file cut before that has lost whole parts and stays an error.
+    The walk stops, leaving the rest as it is, at anything it does not understand, so
+    mido still reports what is really damaged.
+    """
+    out = bytearray(data)
+    if len(out) < 14:
+        return data
+    header_size = struct.unpack_from(">L", out, 4)[0]
+    n_tracks = struct.unpack_from(">H", out, 10)[0]
+    pos = 8 + header_size
+    for index in range(n_tracks):
+        if pos + 8 > len(out):
+            break
+        size = struct.unpack_from(">L", out, pos + 4)[0]
+        start = pos + 8
+        end = start + size
+        complete = _walk_track(out, start, min(end, len(out)))
+        if end > len(out) and index == n_tracks - 1:
+            del out[complete:]
+            struct.pack_into(">L", out, pos + 4, complete - start)
+        pos = end
+    return bytes(out)
+
+
+def _walk_track(out: bytearray, start: int, end: int) -> int:
+    """Retype undecodable meta events in out[start:end], walking events as mido does.
+
+    Returns where the last complete event ends, or `end` where the walk stops early.
+    """
+    pos = start
+    status: int | None = None  # running status; meta events leave it alone
+    while pos < end:
+        event = pos
+        pos = _skip_varlen(out, pos, end) + 1  # past the delta time
+        if pos >= end:
+            return event
+        byte = out[pos]
+        if byte == 0xFF or byte in (0xF0, 0xF7):
+            type_at = pos + 1  # the meta type byte (meta events only)
+            pos += 2 if byte == 0xFF else 1
+            length_at = pos
+            pos = _skip_varlen(out, pos, end)
+            if pos >= end:
+                return event
+            length = 0
+            for b in out[length_at:pos + 1]:
+                length = (length << 7) | (b & 0x7F)
+            pos += 1 + length
+            if pos > end:
+                return event
+            if byte == 0xFF and out[type_at] != 0x7F:
+                try:
+                    build_meta_message(out[type_at], list(out[pos - length:pos]))
+                except Exception:  # whatever mido's decoder raises: make it opaque
+                    out[type_at] = 0x7F
+            elif byte != 0xFF:
+                status = None  # mido would read running status after sysex oddly: stop there
+        elif byte >= 0xF0:  # a system message mido does not read from files
+            return end
+        else:
+            if byte & 0x80:
+                status = byte
+                pos += 1
+            elif status is None:  # running status without a status byte
+                return end
+            pos += 1 if status & 0xF0 in (0xC0, 0xD0) else 2
+            if pos > end:
+                return event
+    return pos
+
+
+def _skip_varlen(out: bytearray, pos: int, end: int) -> int:
+    """The position of the last byte of the variable-length integer at `pos`."""
+    while pos < end and out[pos] & 0x80:
+        pos += 1
+    return pos
 
 
 def pick_melody_track(score: MidiScore, name: str | None = None) -> MidiTrack:

@@ -41,6 +41,24 @@ class TrackSpec:
     # Whether the model's training data had at most one note at a time on this track
     # (a chorale voice). The runtime then keeps only the likeliest pitch at each step.
     monophonic: bool = False
+    # The lowest and highest pitch the decoder lets this track play (None: its GM
+    # instrument's range, models/instruments.py).
+    pitch_range: tuple[int, int] | None = None
+    # The track's mean MIDI velocity in the training data (None: as loud as the melody).
+    velocity: int | None = None
+
+    @property
+    def playable_range(self) -> tuple[int, int]:
+        from .instruments import playable_range
+
+        return tuple(self.pitch_range) if self.pitch_range else playable_range(self.program, self.is_drum)
+
+
+def _track(data: dict) -> TrackSpec:
+    data = dict(data)
+    if data.get("pitch_range") is not None:
+        data["pitch_range"] = tuple(data["pitch_range"])
+    return TrackSpec(**data)
 
 
 @dataclass(frozen=True)
@@ -105,8 +123,8 @@ class GeneratorSpec:
                 f"version {SCHEMA_VERSION} (re-export the model with this version)"
             )
         try:
-            data["melody"] = TrackSpec(**data["melody"])
-            data["tracks"] = tuple(TrackSpec(**t) for t in data["tracks"])
+            data["melody"] = _track(data["melody"])
+            data["tracks"] = tuple(_track(t) for t in data["tracks"])
             data["melody_range"] = tuple(data["melody_range"])
             spec = cls(**data)
         except (KeyError, TypeError) as exc:

@@ -52,8 +52,9 @@ def test_windows_stitch_without_gap_or_doubled_note(fixed_model):
     melody = [Note(68 + (i % 5), float(i), 1.0) for i in range(30)]  # centred on the trained range
     result = accompany(generator, melody, seed=1)
     held, restruck, silent = (notes for _, notes in result.tracks)
-    # Track 0 has no confident onset anywhere: one note over the whole melody.
-    assert held == [Note(48, 0.0, 30.0, 90)]
+    # Track 0 has no confident onset anywhere: one note over the whole melody, as loud as
+    # the melody (velocity 100) with a downbeat's accent.
+    assert held == [Note(48, 0.0, 30.0, 110)]
     # Track 1 restarts at every join (beats 0, 8, 16, 24): abutting, never overlapping.
     assert [(n.start, n.duration) for n in restruck] == [(0.0, 8.0), (8.0, 8.0), (16.0, 8.0), (24.0, 6.0)]
     assert overlapping_same_pitch(restruck) == []

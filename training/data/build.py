@@ -1,0 +1,246 @@
+"""A `--data` value -> cached (train, validation) window sets, with a summary.
+
+`--data` is `chorales` (music21's Bach chorales, the `bach` model's data), `quartets`
+(music21's string quartets, see `quartets.py`), or one or more paths: MIDI files, Doom
+WADs, LPD / pypianoroll `.npz` files, or folders of them read recursively
+(`training/sources/discover.py`).
+
+Every file is converted by `pieces.convert_score`; a file that cannot be read or used is
+reported with its reason and skipped, never fatal. Identical pieces (the same music
+after key normalisation, e.g. one song in two WADs) are kept once. The split is by file:
+every segment of a file, and every file with the same melody, lands on one side.
+
+The converted pieces are cached in `$BACKLINE_CACHE` (default `~/.cache/backline`)
+under a key made of the files' names, sizes and modification times, the genre and the
+melody override, so a changed folder is rebuilt and an unchanged one loads in a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from backline.models.errors import BacklineError
+from backline.models.midi import MidiScore
+
+from ..chorales import N_PITCHES, STEPS_PER_BEAT, PieceRolls, SkipPiece, _content_digest, default_cache_dir, load_pieces_file, save_pieces
+from .genres import Genre
+from .pieces import convert_score
+from .windows import WindowDataset, split_by_piece, windows_from_pieces
+
+log = logging.getLogger("backline.training")
+
+CACHE_VERSION = 1
+
+# Licences of the package data we know, by a path fragment (DESIGN §4). A path of your
+# own is yours: its licence is whatever your files carry (`--data-licence` records it).
+KNOWN_LICENCES = (
+    ("games/doom", "BSD-3-Clause-style (Freedoom project)"),
+    ("simutrans/music", "Artistic-1.0 (simutrans-data)"),
+    ("openttd/baseset/openmsx", "GPL-2 (OpenMSX, openttd-openmsx)"),
+)
+
+
+class DataError(BacklineError, ValueError):
+    """No usable training data; the message lists why each file was skipped."""
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    load: Callable[[], MidiScore]
+    melody_track: str | None = None
+
+
+@dataclass
+class BuildReport:
+    files: int = 0
+    kept: list[str] = field(default_factory=list)
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> "name (detail)"
+    melody: dict[str, str] = field(default_factory=dict)  # file -> the chosen track and rule
+    skipped_bars: Counter = field(default_factory=Counter)  # meter -> bars
+    dropped_notes: int = 0
+    velocities: dict[str, list[float]] = field(default_factory=dict)
+    bars: list[int] = field(default_factory=list)  # per track (melody first): bars with notes
+    total_bars: int = 0
+
+    def skip(self, reason: str, name: str, detail: str = "") -> None:
+        self.skipped.setdefault(reason, []).append(f"{name} ({detail})" if detail else name)
+
+    def to_info(self) -> dict:
+        return {
+            "files": self.files, "kept": len(self.kept), "skipped": self.skipped, "melody": self.melody,
+            "skipped_bars": dict(self.skipped_bars), "dropped_notes": self.dropped_notes,
+            "velocity": {k: float(np.mean(v)) for k, v in self.velocities.items() if v},
+            "bars_with_notes": self.bars, "bars": self.total_bars,
+        }
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def named_sources(data: str) -> tuple[list[Source], str, str] | None:
+    """(sources, description, licence) of a named corpus, or None for a path."""
+    if data == "quartets":
+        from .quartets import LICENCE, quartet_paths, read_quartet
+
+        sources = [Source(name, (lambda p=path: read_quartet(p)), melody_track="0")
+                   for name, path in quartet_paths()]
+        return sources, "music21 string quartets (Beethoven, Haydn, Mozart), key-normalised", LICENCE
+    return None
+
+
+def path_sources(paths: Sequence[str]) -> tuple[list[Source], str, str]:
+    from ..sources.discover import find_pieces
+
+    sources = []
+    for path in paths:
+        prefix = Path(path).name + "/" if len(paths) > 1 and Path(path).is_dir() else ""
+        sources += [Source(prefix + p.name, p.load) for p in find_pieces(path)]
+    licences = sorted({text for fragment, text in KNOWN_LICENCES for p in paths if fragment in str(Path(p).resolve())})
+    description = "MIDI from " + ", ".join(str(p) for p in paths) + ", key-normalised"
+    return sources, description, "; ".join(licences) or "the licence of the files given"
+
+
+def fingerprint(paths: Sequence[str]) -> list:
+    """Names, sizes and modification times of every file under the paths."""
+    entries = []
+    for path in paths:
+        root = Path(path)
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for f in files:
+            st = f.stat()
+            entries.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
+    return entries
+
+
+# --------------------------------------------------------------------------- building
+
+
+def convert_sources(sources: Iterable[Source], genre: Genre, melody_track: str | None, report: BuildReport,
+                    progress: bool = True) -> tuple[list[PieceRolls], list[str]]:
+    """Every source converted; returns the kept segments and the file each came from."""
+    from tqdm.auto import tqdm
+
+    sources = list(sources)
+    report.files = len(sources)
+    pieces: list[PieceRolls] = []
+    files: list[str] = []
+    seen: dict[bytes, str] = {}
+    for source in tqdm(sources, desc="reading", unit="file", disable=not progress):
+        try:
+            score = source.load()
+            conversion = convert_score(score, source.name, genre, melody_track or source.melody_track)
+        except SkipPiece as skip:
+            report.skip(skip.reason, source.name, skip.detail)
+            continue
+        except (BacklineError, ValueError, OSError, EOFError, KeyError, IndexError) as exc:
+            report.skip("unreadable", source.name, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+            continue
+        digest = _content_digest(conversion.segments[0], range(1 + len(genre.roles)))
+        if digest in seen:
+            report.skip("duplicate", source.name, f"same music as {seen[digest]}")
+            continue
+        seen[digest] = source.name
+        report.kept.append(source.name)
+        report.melody[source.name] = f"{conversion.melody_name!r} (by {conversion.melody.rule})"
+        log.info("%s: melody %s", source.name, report.melody[source.name])
+        report.skipped_bars.update(conversion.skipped_bars)
+        report.dropped_notes += conversion.dropped_notes
+        for key, value in conversion.velocities.items():
+            report.velocities.setdefault(key, []).append(value)
+        for segment in conversion.segments:
+            per_bar = segment.frames.reshape(segment.frames.shape[0], segment.n_bars, -1).any(axis=2)
+            counts = per_bar.sum(axis=1).tolist()
+            report.bars = [a + b for a, b in zip(report.bars, counts)] if report.bars else counts
+            report.total_bars += segment.n_bars
+        pieces += conversion.segments
+        files += [source.name] * len(conversion.segments)
+    return pieces, files
+
+
+def load_training_data(
+    data: Sequence[str], genre: Genre, *, melody_track: str | None = None, licence: str | None = None,
+    cache_dir: Path | None = None, rebuild: bool = False, progress: bool = True,
+) -> tuple[WindowDataset, WindowDataset]:
+    """(train, validation) windows for `genre` from `--data`, built once and cached."""
+    data = list(data)
+    named = named_sources(data[0]) if len(data) == 1 else None
+    if named is None:
+        for path in data:
+            if not Path(path).exists():
+                raise DataError(f"--data {path}: no such file or folder; give a MIDI file, a folder of MIDI, "
+                                "a .wad, a folder of .npz, or one of: chorales, quartets")
+    key_parts = {"version": CACHE_VERSION, "genre": genre.name, "melody_track": melody_track,
+                 "data": data if named else fingerprint(data), "grid": [STEPS_PER_BEAT, N_PITCHES]}
+    key = hashlib.sha1(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
+    cache = (Path(cache_dir) if cache_dir else default_cache_dir()) / f"multitrack-{genre.name}-{key}.npz"
+    pieces: list[PieceRolls] | None = None
+    if cache.exists() and not rebuild:
+        try:
+            pieces, info = load_pieces_file(cache)
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("rebuilding unreadable cache %s (%s)", cache, exc)
+    if pieces is None:
+        sources, description, found_licence = named if named else path_sources(data)
+        report = BuildReport()
+        pieces, files = convert_sources(sources, genre, melody_track, report, progress)
+        info = {**report.to_info(), "dataset": description, "licence": licence or found_licence,
+                "genre": genre.name, "files_of_pieces": files}
+        if not pieces:
+            raise DataError(no_data_message(data, report))
+        save_pieces(cache, pieces, info)
+    elif licence:
+        info["licence"] = licence
+    train, val = split_by_piece(pieces, info["files_of_pieces"])
+    window_steps = genre.window_beats * STEPS_PER_BEAT
+    n_tracks = 1 + len(genre.roles)
+    info = {**info, "cache": str(cache)}
+    return (windows_from_pieces(train, window_steps, n_tracks, info),
+            windows_from_pieces(val, window_steps, n_tracks, info))
+
+
+def no_data_message(data: Sequence[str], report: BuildReport) -> str:
+    reasons = "; ".join(f"{reason}: {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}"
+                        for reason, names in sorted(report.skipped.items()))
+    return (f"no usable music in {' '.join(data)} ({report.files} files; {reasons or 'none found'}); "
+            "each piece needs a melody track and at least one accompanying track in a covered meter")
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def data_summary(train: WindowDataset, val: WindowDataset, genre: Genre) -> str:
+    """What went in: files kept and skipped with reasons, windows, and bars per role."""
+    info = train.info
+    skipped = info.get("skipped", {})
+    lines = [f"data: {info.get('dataset', '?')} [{info.get('licence', '?')}]"]
+    lines.append(
+        f"files: {info.get('files', '?')}, kept {info.get('kept', '?')}, skipped "
+        f"{sum(len(v) for v in skipped.values())}"
+        + (" (" + ", ".join(f"{r}: {len(v)}" for r, v in sorted(skipped.items())) + ")" if skipped else "")
+    )
+    for reason, names in sorted(skipped.items()):
+        lines.append(f"  skipped, {reason}: " + ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else ""))
+    if info.get("skipped_bars"):
+        lines.append("  bars skipped in meters the model does not cover: "
+                     + ", ".join(f"{m} {b}" for m, b in sorted(info["skipped_bars"].items())))
+    rules = Counter(v.rsplit("(by ", 1)[-1].rstrip(")") for v in info.get("melody", {}).values())
+    if rules:
+        lines.append("melody chosen by: " + ", ".join(f"{r} {c}" for r, c in sorted(rules.items())))
+    for label, ds in (("train", train), ("validation", val)):
+        pieces = len(np.unique(ds.piece_index))
+        lines.append(f"{label}: {len(ds)} windows from {pieces} segments")
+    names = [genre.melody.name, *(t.name for t in genre.tracks)]
+    counts = info.get("bars_with_notes") or [0] * len(names)
+    lines.append(f"bars: {info.get('bars', '?')}; with notes, per role: "
+                 + ", ".join(f"{n} {c}" for n, c in zip(names, counts)))
+    return "\n".join(lines)
