@@ -112,9 +112,25 @@ def _training():
 
 
 def add_train_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a generator on the Bach chorales",
-                       description="Train the Bach generator with WGAN-GP (DeepComposer's knobs).")
+    p = sub.add_parser("train", help="train a generator: the Bach chorales, the quartets, or your own MIDI",
+                       description="Train a generator with WGAN-GP (DeepComposer's knobs) on the Bach chorales "
+                                   "(bach, U-Net), music21's string quartets (symphony) or MIDI you have: files, "
+                                   "folders, Doom WADs, LPD .npz (pop, rock, jazz or band, MuseGAN).")
     p.add_argument("--out", default="runs/bach", help="run folder: checkpoint, logs, samples (default runs/bach)")
+    p.add_argument("--data", nargs="+", default=["chorales"], metavar="SOURCE",
+                   help="chorales (default), quartets, or paths: MIDI files, folders of them (read recursively), "
+                        ".wad files, folders of LPD/pypianoroll .npz")
+    p.add_argument("--genre", default=None, choices=["bach", "pop", "rock", "jazz", "symphony", "band"],
+                   help="the tracks the model generates (default: bach for chorales, symphony for quartets, "
+                        "band for your own MIDI: drums, bass, guitar, keys, pad)")
+    p.add_argument("--arch", default=None, choices=["unet", "musegan"],
+                   help="generator architecture (default: unet for bach, musegan for the other genres)")
+    p.add_argument("--melody-track", default=None, metavar="NAME|INDEX",
+                   help="the melody track of every file, by name or 0-based index (default: a track named "
+                        "melody/lead/vocal/voice/solo, else the highest mostly one-note-at-a-time track that "
+                        "is neither drums nor bass)")
+    p.add_argument("--data-licence", default=None, metavar="TEXT",
+                   help="the licence of your data, recorded in the model's metadata and card")
     p.add_argument("--epochs", type=int, default=20,
                    help="adversarial epochs: passes of the critic over the data (default 20)")
     p.add_argument("--warmup-epochs", type=int, default=10,
@@ -129,10 +145,11 @@ def add_train_parser(sub) -> None:
     p.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint.pt")
     p.add_argument("--recon-weight", type=float, default=10.0,
                    help="weight of the paired reconstruction loss; 0 = pure WGAN-GP (default 10)")
-    p.add_argument("--widths", type=int, nargs="+", default=[8, 16, 32, 64], metavar="C",
-                   help="channels per resolution level, full resolution first (default 8 16 32 64)")
+    p.add_argument("--widths", type=int, nargs="+", default=None, metavar="C",
+                   help="channels per resolution level, full resolution first (default 8 16 32 64 for unet, "
+                        "16 32 64 128 for musegan)")
     p.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (default 1)")
-    p.add_argument("--rebuild-data", action="store_true", help="rebuild the cached chorale dataset")
+    p.add_argument("--rebuild-data", action="store_true", help="rebuild the cached training data")
     p.add_argument("--max-pieces", type=int, default=None, help="use only this many training pieces (quick runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
@@ -249,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onset threshold to ship (default: calibrated to the training data's note density)")
     p.set_defaults(func=lambda a: _training().cmd_export(a))
 
-    p = sub.add_parser("evaluate", help="metrics of a model's accompaniment vs the real chorales")
+    p = sub.add_parser("evaluate", help="metrics of a model's accompaniment vs the real tracks of its held-out pieces")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or .onnx path (default {DEFAULT_MODEL})")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=lambda a: _training().cmd_evaluate(a))

@@ -105,12 +105,11 @@ def read_midi_bytes(
     if not data.startswith(b"MThd"):
         raise MidiError(f"{label} is not a Standard MIDI File (bad header); {_EXPORT_HINT}")
     errors: tuple[type[Exception], ...] = (
-        OSError, EOFError, ValueError, KeyError, IndexError, TypeError
+        OSError, EOFError, ValueError, KeyError, IndexError, TypeError, KeySignatureError
     )
     if lenient:
         # Repair a copy of the bytes rather than patch mido (its state is global).
         data = _repair_midi_bytes(data)
-        errors += (KeySignatureError,)
     try:
         midi = mido.MidiFile(file=io.BytesIO(data), clip=lenient)
     except errors as exc:

@@ -69,7 +69,12 @@ def test_targets():
     assert meets_target("in_scale/accompaniment", 0.87, 0.97) is False
     assert meets_target("TD/melody", 0.98, 0.90) is True
     assert meets_target("TD/melody", 0.995, 0.90) is False
-    assert meets_target("UPC", 3.0, 3.3) is None  # no target
+    assert meets_target("UPC", 3.0, 3.3) is True  # within 20 %
+    assert meets_target("UPC", 4.0, 3.3) is False
+    assert meets_target("QN/Bass", 0.80, 0.90) is False  # a track's metric has its family's target
+    assert meets_target("TD/Melody-Bass", 0.98, 0.90, melody="Melody") is True
+    assert meets_target("TD/Bass-Guitar", 2.0, 0.90, melody="Melody") is None  # between two tracks: none
+    assert meets_target("PR/Bass", 0.1, 0.5) is None
     assert meets_target("QN", float("nan"), 0.98) is None
 
 

@@ -270,8 +270,8 @@ def test_evaluate_multitrack_keys_and_values():
         frames, onsets, 16, 4, LOW, Key(0, "major"), ["Soprano", "Alto", "Tenor"]
     )
     assert list(out) == [
-        "EB/Alto", "UPC/Alto", "QN/Alto", "PR/Alto",
-        "EB/Tenor", "UPC/Tenor", "QN/Tenor", "PR/Tenor",
+        "EB/Alto", "UPC/Alto", "QN/Alto", "PR/Alto", "in_scale/Alto",
+        "EB/Tenor", "UPC/Tenor", "QN/Tenor", "PR/Tenor", "in_scale/Tenor",
         "PR/accompaniment", "in_scale/accompaniment",
         "TD/Soprano-Alto", "TD/Soprano-Tenor", "TD/Alto-Tenor",
     ]  # fmt: skip

@@ -160,7 +160,10 @@ def test_the_critic_survives_the_gradient_penalty():
     for name, param in critic.named_parameters():
         assert param.grad is not None, name
         assert torch.isfinite(param.grad).all(), name
-        assert param.grad.abs().sum() > 0, name
+        # (A bias may get exactly 0 here: with leaky ReLUs it moves real and fake scores
+        # alike while their activation patterns agree, and the penalty ignores it.)
+        if name.endswith("weight"):
+            assert param.grad.abs().sum() > 0, name
     # The penalty alone reaches every weight too (not the final bias: it adds a constant).
     critic.zero_grad(set_to_none=True)
     gradient_penalty(critic, melody, real_f, real_o, fake_f, fake_o).backward()

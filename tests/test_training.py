@@ -261,7 +261,13 @@ def test_throughput_data_is_the_chorale_cache_else_random_rolls(tmp_path):
     assert frames.shape[1:] == (4, 48, 64) and frames.shape[0] > 0
 
 
-def test_the_train_commands_default_widths_are_the_networks_defaults():
+def test_the_train_commands_default_network_is_the_networks_default_for_each_genre():
     from backline.bridge.cli import build_parser
+    from backline.training.networks import net_config_for
 
-    assert tuple(build_parser().parse_args(["train"]).widths) == NetConfig().widths
+    args = build_parser().parse_args(["train"])
+    assert args.widths is None and args.arch is None
+    assert net_config_for("bach", None, n_pitches=64, lowest_pitch=28) == NetConfig()
+    band = net_config_for("rock", None, n_pitches=64, lowest_pitch=28)
+    assert band.arch == "musegan" and band.n_tracks == 5 and band.window_steps == 64
+    assert band.drum_tracks == (0,) and [c + 28 for c in band.drum_columns] == [36, 38, 42, 45, 46, 48, 49, 51]

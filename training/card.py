@@ -8,7 +8,7 @@ from pathlib import Path
 from backline.models.atomic import atomic_write
 from backline.models.spec import GeneratorSpec
 
-from .evaluation import HEADLINE, format_table
+from .evaluation import format_table, format_track_table, headline
 
 
 def card_text(spec: GeneratorSpec, parity: str) -> str:
@@ -41,6 +41,8 @@ def card_text(spec: GeneratorSpec, parity: str) -> str:
         f"- command: `{p.get('command', '')}`",
         f"- data: {p.get('dataset', '')}; {p.get('train_windows')} training windows, "
         f"{p.get('validation_windows')} validation windows (split by piece)",
+        f"- data licence: {p.get('licence', 'not recorded')} (the code is MIT; this model file "
+        "is derived from that data)",
         f"- architecture: {p.get('architecture')}",
         f"- epochs: {p.get('epochs')} (incl. warm-up), learning rate {p.get('learning_rate')}, "
         f"update ratio {p.get('update_ratio')}, batch size {p.get('batch_size')}, "
@@ -51,19 +53,48 @@ def card_text(spec: GeneratorSpec, parity: str) -> str:
         f"- export check: {parity}",
         "",
     ]
+    lines += recipe(spec)
     metrics = spec.metrics
     if metrics.get("validation"):
+        tracks = ", ".join(t.name for t in spec.tracks)
         lines += [
             "## Evaluation",
             "",
             f"`backline evaluate --model {spec.name}`: the model's accompaniment of all "
-            f"{metrics.get('validation_windows')} validation windows, beside the real chorales' "
-            "alto, tenor and bass for the same windows.",
+            f"{metrics.get('validation_windows')} validation windows (pieces it never saw), beside "
+            f"the real {tracks} of the same windows.",
             "",
-            format_table(metrics["validation"], metrics["validation_real"], HEADLINE),
+            format_table(metrics["validation"], metrics["validation_real"], headline(spec), spec.melody.name),
+            "",
+            "Per track, model / real (✓ target met, ✗ missed):",
+            "",
+            format_track_table(metrics["validation"], metrics["validation_real"], spec),
             "",
         ]
     return "\n".join(lines)
+
+
+def recipe(spec: GeneratorSpec) -> list[str]:
+    """From registry packages to this file: what to install, and the commands."""
+    from .data.build import packages_of
+
+    p = spec.provenance
+    data = p.get("data") or ["chorales"]
+    packages = packages_of(data)
+    lines = ["## Rebuild it", ""]
+    if data in (["chorales"], ["quartets"]):
+        lines.append("The data ships inside music21 (PyPI): `pip install -e '.[train]'` installs it.")
+    elif packages:
+        lines += [
+            "The data comes from Debian packages: install them (`sudo apt-get install "
+            + " ".join(packages) + "`), or unpack them without installing: "
+            "`apt-get download " + " ".join(packages) + " && for f in *.deb; do dpkg-deb -x $f root; done` "
+            "and prefix the paths below with `root`.",
+        ]
+    lines += ["", "```sh", p.get("command", "backline train ..."),
+              f"backline export {p.get('out', 'runs/NAME')}/checkpoint.pt -o ~/.local/share/backline/models/{spec.name}.onnx",
+              f"backline evaluate --model {spec.name}", "```", ""]
+    return lines
 
 
 def write_card(spec: GeneratorSpec, path: Path, parity: str) -> None:

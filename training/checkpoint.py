@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .networks import ARCHITECTURE
+from .networks import ARCHITECTURES
 from backline.models.atomic import atomic_write
 from backline.models.errors import BacklineError
 
@@ -38,10 +38,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "generator" not in state:
         raise CheckpointError(f"{path} is not a Backline training checkpoint")
     found = state.get("architecture")
-    if found != ARCHITECTURE:
+    if found not in ARCHITECTURES.values():
         raise CheckpointError(
             f"{path} was written for architecture {found!r}, but this Backline trains "
-            f"{ARCHITECTURE!r}; retrain with 'backline train' or use the Backline version "
-            "that wrote it"
+            f"{', '.join(repr(a) for a in ARCHITECTURES.values())}; retrain with 'backline train' "
+            "or use the Backline version that wrote it"
         )
     return state

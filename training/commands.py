@@ -16,9 +16,11 @@ from backline.models.errors import BacklineError
 from . import distributed
 from .batches import check_split
 from .card import write_card
-from .chorales import ChoraleDataset, dataset_summary, load_dataset
-from .evaluation import HEADLINE, accompany_and_score, calibrate_decoding, format_table, score_windows
-from .networks import NetConfig
+from .chorales import ChoraleDataset
+from .data.windows import WindowDataset
+from .data.build import default_genre, load_data, summary
+from .evaluation import accompany_and_score, calibrate_decoding, format_table, format_track_table, headline, score_windows
+from .networks import NetConfig, net_config_for
 from .train import TrainConfig, fixed_subset, train, window_modes
 
 log = logging.getLogger("backline.training")
@@ -52,11 +54,14 @@ def train_command(args: argparse.Namespace, placement: distributed.Placement) ->
     check_split(args.batch_size, placement.world)
     main = placement.is_main
     show_progress = main and not args.no_progress
+    data = tuple(args.data)
+    genre = args.genre or default_genre(data)
     with distributed.main_first(placement):  # rank 0 builds the data cache if need be
-        train_set, val_set = load_dataset(rebuild=args.rebuild_data and main, progress=show_progress)
+        train_set, val_set = load_data(data, genre, melody_track=args.melody_track, licence=args.data_licence,
+                                       rebuild=args.rebuild_data and main, progress=show_progress)
     train_set = limit_pieces(train_set, args.max_pieces)
     if main:
-        print(dataset_summary(train_set, val_set))
+        print(summary(train_set, val_set, genre))
     if len(train_set) < args.batch_size:
         raise BacklineError(f"only {len(train_set)} training windows for a batch of {args.batch_size}; lower --batch-size")
     config = TrainConfig(
@@ -64,12 +69,18 @@ def train_command(args: argparse.Namespace, placement: distributed.Placement) ->
         batch_size=args.batch_size, seed=args.seed,
         time_budget_s=parse_duration(args.time_budget) if args.time_budget else None,
         recon_weight=args.recon_weight, checkpoint_every=args.checkpoint_every,
-        net=NetConfig(widths=tuple(args.widths), n_pitches=train_set.n_pitches),
+        net=net_config_for(genre, args.arch, n_pitches=train_set.n_pitches, lowest_pitch=train_set.lowest_pitch,
+                           widths=args.widths),
         command=command_line(placement), device=args.device, amp=args.amp, compile=args.compile,
+        data=data, genre=genre, melody_track=args.melody_track, data_licence=args.data_licence,
     )
     path = train(config, train_set, val_set, resume=args.resume, progress=show_progress, placement=placement)
     if main:
-        print(f"checkpoint: {path}\nexport it with: backline export {path} -o models/NAME.onnx")
+        from backline.models.registry import search_dirs
+
+        user_dir = search_dirs()[0]  # $BACKLINE_MODELS if set, else ~/.local/share/backline/models
+        print(f"checkpoint: {path}\nexport it with: backline export {path} -o {user_dir}/NAME.onnx "
+              f"(a model there is found by 'backline models' and --model NAME)")
     return 0
 
 
@@ -95,11 +106,25 @@ def onnx_generate_fn(runtime):
     return generate
 
 
+def data_of(provenance: dict) -> tuple[WindowDataset, WindowDataset]:
+    """The (train, validation) sets a model or checkpoint was trained on (bach's first
+    models predate the record: chorales)."""
+    data = tuple(provenance.get("data") or ("chorales",))
+    return load_data(data, provenance.get("genre") or default_genre(data),
+                     melody_track=provenance.get("melody_track"), licence=provenance.get("data_licence"))
+
+
+def finite(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics that have a value (JSON has no NaN; a track silent in every window has none)."""
+    return {k: v for k, v in metrics.items() if np.isfinite(v)}
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
     from .export import export
 
     evaluate = None
-    train_set, val_set = load_dataset(progress=True)
+    train_set, val_set = data_of(load_checkpoint(args.checkpoint)["train_config"])
     calibration = train_set.subset(fixed_subset(len(train_set), 512))
 
     def calibrate(runtime):
@@ -117,9 +142,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             real = score_windows(val_set.frames, val_set.onsets, val_set.steps_per_bar,
                                  window_modes(val_set), runtime.spec)
             model = validation_metrics(onnx_generate_fn(runtime), runtime.spec, val_set)
-            return {"validation": {k: model[k] for k in HEADLINE},
-                    "validation_real": {k: real[k] for k in HEADLINE},
-                    "validation_windows": len(val_set)}
+            return {"validation": finite(model), "validation_real": finite(real), "validation_windows": len(val_set),
+                    "validation_pieces": len(np.unique(val_set.piece_index))}
     spec, report = export(args.checkpoint, args.output, name=args.name,
                           melodies=val_set.frames[:64, 0], calibrate=calibrate, evaluate=evaluate)
     print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.1f} MB)\n{report}")
@@ -127,7 +151,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     write_card(spec, card, str(report))
     print(f"wrote the model card {card}")
     if spec.metrics:
-        print(format_table(spec.metrics["validation"], spec.metrics["validation_real"], HEADLINE))
+        print(format_table(spec.metrics["validation"], spec.metrics["validation_real"], headline(spec)))
+        print(format_track_table(spec.metrics["validation"], spec.metrics["validation_real"], spec))
     return 0
 
 
@@ -135,14 +160,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from backline.models import registry
 
     runtime = registry.load(args.model)
-    _, val_set = load_dataset(progress=True)
-    real = score_windows(val_set.frames, val_set.onsets, val_set.steps_per_bar,
-                         window_modes(val_set), runtime.spec)
-    model = validation_metrics(onnx_generate_fn(runtime), runtime.spec, val_set, seed=args.seed)
+    spec = runtime.spec
+    _, val_set = data_of(spec.provenance)
+    real = score_windows(val_set.frames, val_set.onsets, val_set.steps_per_bar, window_modes(val_set), spec)
+    model = validation_metrics(onnx_generate_fn(runtime), spec, val_set, seed=args.seed)
     pieces = len(np.unique(val_set.piece_index))
-    print(f"model {runtime.spec.name} on {len(val_set)} validation windows from {pieces} chorales "
-          f"(seed {args.seed}); 'real' is the chorales' own alto, tenor and bass\n")
-    print(format_table(model, real, HEADLINE))
-    print("\nper track:")
-    print(format_table(model, real, [k for k in sorted(model) if "/" in k and k not in HEADLINE]))
+    tracks = ", ".join(t.name for t in spec.tracks)
+    print(f"model {spec.name} on {len(val_set)} validation windows from {pieces} held-out pieces "
+          f"(seed {args.seed}); 'real' is those pieces' own {tracks}\n")
+    print(format_table(model, real, headline(spec)))
+    print("\nper track (model / real):")
+    print(format_track_table(model, real, spec))
     return 0

@@ -69,17 +69,31 @@ def score_windows(
             key=NORMALISED_KEYS[modes[i]],
             track_names=names,
             melody_index=0,
+            drum_tracks=drum_rows(spec),
         )
         for i in range(frames.shape[0])
     ]
     return add_summaries(mean_over_windows(per_window), spec)
 
 
+def drum_rows(spec: GeneratorSpec) -> list[int]:
+    """Rows of the drum tracks in `[melody, *tracks]` order."""
+    return [1 + k for k, t in enumerate(spec.tracks) if t.is_drum]
+
+
+def headline(spec: GeneratorSpec) -> list[str]:
+    """The summary metrics `evaluate` prints for this model (DP only where it has drums)."""
+    return HEADLINE + (["DP", "DP8"] if drum_rows(spec) else [])
+
+
 def add_summaries(metrics: dict[str, float], spec: GeneratorSpec) -> dict[str, float]:
-    """Per-track metrics averaged over the accompaniment tracks: QN, EB, UPC, TD/melody."""
+    """Per-track metrics averaged over the accompaniment tracks: QN, EB, UPC, TD/melody
+    (pitched tracks; EB over all) and DP, DP8 (drum tracks)."""
     out = dict(metrics)
     tracks = [t.name for t in spec.tracks]
     for name, keys in [
+        ("DP", [f"DP/{t}" for t in tracks]),
+        ("DP8", [f"DP8/{t}" for t in tracks]),
         ("QN", [f"QN/{t}" for t in tracks]),
         ("EB", [f"EB/{t}" for t in tracks]),
         ("UPC", [f"UPC/{t}" for t in tracks]),
@@ -114,16 +128,33 @@ TARGETS = {
     # "relative": |gen - real| <= amount * real; "ceiling": gen <= real * (1 + amount)
     "QN": ("points", 0.05),
     "EB": ("points", 0.05),
+    "DP": ("points", 0.05),
+    "DP8": ("points", 0.05),
+    "UPC": ("relative", 0.20),
     "PR/accompaniment": ("relative", 0.10),
     "in_scale/accompaniment": ("relative", 0.10),
     "TD/melody": ("ceiling", 0.10),
 }
 
 
-def meets_target(metric: str, generated: float, real: float) -> bool | None:
-    if metric not in TARGETS or not (np.isfinite(generated) and np.isfinite(real)):
+def target_of(metric: str, melody: str | None = None) -> tuple[str, float] | None:
+    """The target of a summary metric, or of a per-track one ('QN/Bass' has QN's, and
+    'TD/<melody>-Bass' has TD/melody's); None where there is none."""
+    if metric in TARGETS:
+        return TARGETS[metric]
+    family, _, rest = metric.partition("/")
+    if family == "TD":
+        return TARGETS["TD/melody"] if melody is not None and rest.startswith(f"{melody}-") else None
+    if family in ("QN", "EB", "DP", "DP8", "UPC") and rest:
+        return TARGETS[family]
+    return None
+
+
+def meets_target(metric: str, generated: float, real: float, melody: str | None = None) -> bool | None:
+    target = target_of(metric, melody)
+    if target is None or not (np.isfinite(generated) and np.isfinite(real)):
         return None
-    kind, amount = TARGETS[metric]
+    kind, amount = target
     if kind == "points":
         return abs(generated - real) <= amount
     if kind == "relative":
@@ -131,20 +162,23 @@ def meets_target(metric: str, generated: float, real: float) -> bool | None:
     return generated <= real * (1 + amount)
 
 
-def format_table(generated: dict[str, float], real: dict[str, float], metrics: list[str] | None = None) -> str:
-    """A Markdown table: metric, model, real chorales, target, met."""
+def format_table(generated: dict[str, float], real: dict[str, float], metrics: list[str] | None = None,
+                 melody: str | None = None) -> str:
+    """A Markdown table: metric, model, real, target, met. `melody`: the melody track's
+    name, so that per-track TD/<melody>-X rows carry TD/melody's target."""
     rows = ["| metric | model | real | target | met |", "|---|---|---|---|---|"]
     for metric in metrics or sorted(set(generated) & set(real)):
         g, r = generated.get(metric, float("nan")), real.get(metric, float("nan"))
         target = ""
-        if metric in TARGETS:
-            kind, amount = TARGETS[metric]
+        found = target_of(metric, melody)
+        if found is not None:
+            kind, amount = found
             target = {
                 "points": f"within {amount * 100:.0f} points",
                 "relative": f"within {amount * 100:.0f} %",
                 "ceiling": f"<= real + {amount * 100:.0f} %",
             }[kind]
-        met = meets_target(metric, g, r)
+        met = meets_target(metric, g, r, melody)
         rows.append(f"| {metric} | {g:.3f} | {r:.3f} | {target} | {'' if met is None else ('yes' if met else 'NO')} |")
     return "\n".join(rows)
 
@@ -197,3 +231,32 @@ def calibrate_decoding(generate: GenerateFn, spec: GeneratorSpec, frames: np.nda
         real_notes,
     )
     return {"threshold": threshold, "onset_threshold": onset_threshold}
+
+
+# Per-track columns of `evaluate`: (metric family, column title).
+TRACK_COLUMNS = (("EB", "EB"), ("UPC", "UPC"), ("QN", "QN"), ("DP", "DP"), ("DP8", "DP8"), ("TD", "TD(melody)"),
+                 ("PR", "PR"), ("in_scale", "in scale"))
+
+
+def format_track_table(generated: dict[str, float], real: dict[str, float], spec: GeneratorSpec) -> str:
+    """One row per track, each cell `model / real`, marked where a target is missed (✗) or met (✓)."""
+    columns = [(f, t) for f, t in TRACK_COLUMNS
+               if any(_track_key(f, spec, track) in real for track in spec.tracks)]
+    rows = ["| track | " + " | ".join(t for _, t in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for track in spec.tracks:
+        cells = []
+        for family, _ in columns:
+            key = _track_key(family, spec, track)
+            g, r = generated.get(key, float("nan")), real.get(key, float("nan"))
+            if not np.isfinite(r) and not np.isfinite(g):
+                cells.append("")
+                continue
+            met = meets_target(key, g, r, spec.melody.name)
+            mark = "" if met is None else (" ✓" if met else " ✗")
+            cells.append(f"{g:.3f} / {r:.3f}{mark}")
+        rows.append(f"| {track.name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _track_key(family: str, spec: GeneratorSpec, track) -> str:
+    return f"TD/{spec.melody.name}-{track.name}" if family == "TD" else f"{family}/{track.name}"

@@ -23,7 +23,7 @@ from backline.models.spec import METADATA_KEY, GeneratorSpec
 
 from .checkpoint import load_checkpoint
 from .layout import bach_spec
-from .networks import NetConfig, UNetGenerator
+from .networks import NetConfig, build_generator
 from backline.models.atomic import atomic_write
 from backline.models.errors import BacklineError
 
@@ -46,7 +46,7 @@ class ExportError(BacklineError, RuntimeError):
 class ContractWrapper(nn.Module):
     """The generator behind the contract's tensor layout (DESIGN §2)."""
 
-    def __init__(self, generator: UNetGenerator, spec: GeneratorSpec) -> None:
+    def __init__(self, generator: nn.Module, spec: GeneratorSpec) -> None:
         super().__init__()
         self.generator = generator
         self.spec = spec
@@ -80,35 +80,38 @@ def spec_from_checkpoint(state: dict[str, Any], name: str, metrics: dict[str, An
     config = state["train_config"]
     data = state["data"]
     net = NetConfig.from_dict(state["net_config"])
-    return bach_spec(
-        net,
-        lowest_pitch=data["lowest_pitch"],
-        monophonic=data["monophonic"],
-        melody_range=tuple(data["melody_range"]),
-        name=name,
-        provenance={
-            "dataset": data["dataset"],
-            "train_windows": data["train_windows"],
-            "validation_windows": data["validation_windows"],
-            "architecture": state["architecture"],
-            "epochs": state["epoch"],
-            "learning_rate": config["lr"],
-            "update_ratio": config["update_ratio"],
-            "batch_size": config["batch_size"],
-            "recon_weight": config["recon_weight"],
-            "gp_lambda": config["gp_lambda"],
-            "seed": config["seed"],
-            "command": config.get("command", ""),
-            "commit": state.get("commit", "unknown"),
-            "wall_time_s": round(float(state["wall_time_s"]), 1),
-            "machine": state.get("machine", ""),
-        },
-        metrics=metrics or {},
-    )
+    provenance = {
+        "dataset": data["dataset"],
+        "licence": data.get("licence", "music21 corpus (BSD-3-Clause package; public-domain scores)"),
+        "data": list(config.get("data", ["chorales"])),
+        "genre": config.get("genre", "bach"),
+        "melody_track": config.get("melody_track"),
+        "train_windows": data["train_windows"],
+        "validation_windows": data["validation_windows"],
+        "architecture": state["architecture"],
+        "epochs": state["epoch"],
+        "learning_rate": config["lr"],
+        "update_ratio": config["update_ratio"],
+        "batch_size": config["batch_size"],
+        "recon_weight": config["recon_weight"],
+        "gp_lambda": config["gp_lambda"],
+        "seed": config["seed"],
+        "command": config.get("command", ""),
+        "out": config.get("out_dir", ""),
+        "commit": state.get("commit", "unknown"),
+        "wall_time_s": round(float(state["wall_time_s"]), 1),
+        "machine": state.get("machine", ""),
+    }
+    if "spec" in data:  # the spec the run trained for: tracks, grid, velocities
+        return replace(GeneratorSpec.from_json(data["spec"]), name=name, provenance=provenance,
+                       metrics=metrics or {})
+    return bach_spec(net, lowest_pitch=data["lowest_pitch"], monophonic=data["monophonic"],
+                     melody_range=tuple(data["melody_range"]), name=name, provenance=provenance,
+                     metrics=metrics or {})
 
 
-def load_generator(state: dict[str, Any]) -> UNetGenerator:
-    generator = UNetGenerator(NetConfig.from_dict(state["net_config"]))
+def load_generator(state: dict[str, Any]) -> nn.Module:
+    generator = build_generator(NetConfig.from_dict(state["net_config"]))
     try:
         generator.load_state_dict(state["generator"])
     except RuntimeError as exc:

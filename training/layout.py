@@ -59,3 +59,58 @@ def bach_spec(
         provenance=provenance or {},
         metrics=metrics or {},
     )
+
+
+def genre_spec(
+    genre_name: str,
+    net: NetConfig,
+    *,
+    lowest_pitch: int,
+    monophonic: list[bool],
+    melody_range: tuple[int, int],
+    velocities: dict[str, float] | None = None,
+    name: str | None = None,
+    threshold: float = 0.5,
+    provenance: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> GeneratorSpec:
+    """The spec of a model of `genre_name` (`bach` or a key of data.genres.GENRES).
+
+    Each track carries its mean velocity in the training data, and the melody its own,
+    so the decoder plays every part as loud relative to the melody as the data did."""
+    if genre_name == "bach":
+        return bach_spec(net, lowest_pitch=lowest_pitch, monophonic=monophonic, melody_range=melody_range,
+                         name=name or "bach", threshold=threshold, provenance=provenance, metrics=metrics)
+    from dataclasses import replace
+
+    from .data.genres import get_genre
+
+    genre = get_genre(genre_name)
+    velocities = velocities or {}
+
+    def level(key: str) -> int | None:
+        value = velocities.get(key)
+        return int(round(value)) if value else None
+
+    tracks = tuple(replace(role.track, monophonic=bool(mono), velocity=level(role.key))
+                   for role, mono in zip(genre.roles, monophonic))
+    steps_per_bar = genre.beats_per_bar * net.steps_per_beat
+    return GeneratorSpec(
+        name=name or genre.name,
+        genre=genre.name,
+        description=genre.description,
+        melody=replace(genre.melody, velocity=level("melody")),
+        tracks=tracks,
+        bars=net.window_steps // steps_per_bar,
+        beats_per_bar=genre.beats_per_bar,
+        steps_per_beat=net.steps_per_beat,
+        lowest_pitch=lowest_pitch,
+        n_pitches=net.n_pitches,
+        z_dim=net.z_dim,
+        threshold=threshold,
+        onset_threshold=0.5,
+        key_normalised=True,
+        melody_range=melody_range,
+        provenance=provenance or {},
+        metrics=metrics or {},
+    )

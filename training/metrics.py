@@ -190,6 +190,17 @@ def drum_in_pattern_rate(
     return float((weights * per_step).sum() / n_notes)
 
 
+def eighth_pattern_rate(frames: np.ndarray, onsets: np.ndarray, steps_per_beat: int) -> float:
+    """Share of drum hits (onset cells) that fall on the 8th-note grid; nan without hits."""
+    hits = (_as_frames(onsets) & _as_frames(frames)).sum(axis=1)
+    total = int(hits.sum())
+    if total == 0:
+        return math.nan
+    eighth = max(steps_per_beat // 2, 1)
+    on_grid = np.arange(len(hits)) % eighth == 0
+    return float(hits[on_grid].sum() / total)
+
+
 # --------------------------------------------------------------------------- TD
 
 
@@ -260,6 +271,7 @@ def evaluate_multitrack(
     key: Key,
     track_names: Sequence[str],
     melody_index: int = 0,
+    drum_tracks: Sequence[int] = (),
 ) -> dict[str, float]:
     """All metrics of one multitrack window `frames`/`onsets` bool [K, T, P].
 
@@ -268,6 +280,10 @@ def evaluate_multitrack(
       EB/X, UPC/X, QN/X (min steps `qn_min_steps(steps_per_beat)`), PR/X   per track
       PR/accompaniment, in_scale/accompaniment   over the OR of all accompaniment tracks
       TD/M-X   for each accompaniment track;   TD/X-Y   for each pair X before Y.
+    Drum tracks (`drum_tracks`, on the GM drum map) get EB/X, DP/X (16th grid) and DP8/X
+    (8th grid: at 4 steps per beat every step is on the 16th grid, so DP is 1 by
+    construction and DP8 is the one that tells patterns apart); pitch metrics (UPC, QN,
+    TD, in scale, PR) are not defined for them and they are left out of the merged ones.
     """
     frames = np.asarray(frames).astype(bool)
     onsets = np.asarray(onsets).astype(bool)
@@ -275,10 +291,16 @@ def evaluate_multitrack(
         raise ValueError(f"frames {frames.shape} and onsets {onsets.shape} must be [K, T, P]")
     if len(track_names) != frames.shape[0]:
         raise ValueError(f"{len(track_names)} names for {frames.shape[0]} tracks")
-    accompaniment = [k for k in range(frames.shape[0]) if k != melody_index]
+    drums = [k for k in range(frames.shape[0]) if k in set(drum_tracks) and k != melody_index]
+    accompaniment = [k for k in range(frames.shape[0]) if k != melody_index and k not in drums]
     melody_name = track_names[melody_index]
     min_steps = qn_min_steps(steps_per_beat)
     out: dict[str, float] = {}
+    for k in drums:
+        name = track_names[k]
+        out[f"EB/{name}"] = empty_bar_rate(frames[k], steps_per_bar)
+        out[f"DP/{name}"] = drum_in_pattern_rate(frames[k], steps_per_beat, onsets[k])
+        out[f"DP8/{name}"] = eighth_pattern_rate(frames[k], onsets[k], steps_per_beat)
     for k in accompaniment:
         name = track_names[k]
         out[f"EB/{name}"] = empty_bar_rate(frames[k], steps_per_bar)
@@ -286,6 +308,7 @@ def evaluate_multitrack(
         roll = Roll(frames[k], onsets[k], steps_per_beat, lowest_pitch)
         out[f"QN/{name}"] = qualified_note_rate(roll, min_steps)
         out[f"PR/{name}"] = polyphonic_rate(frames[k])
+        out[f"in_scale/{name}"] = in_scale_ratio(frames[k], lowest_pitch, key)
     merged = frames[accompaniment].any(axis=0)
     out["PR/accompaniment"] = polyphonic_rate(merged)
     out["in_scale/accompaniment"] = in_scale_ratio(merged, lowest_pitch, key)

@@ -49,8 +49,8 @@ from .chorales import ChoraleDataset
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import GeneratorLogits, Placement
 from .evaluation import accompany_and_score, score_windows
-from .layout import bach_spec
-from .networks import ARCHITECTURE, Critic, NetConfig, UNetGenerator
+from .layout import genre_spec
+from .networks import NetConfig, architecture_name, build_critic, build_generator
 
 log = logging.getLogger("backline.training")
 
@@ -75,6 +75,10 @@ class TrainConfig:
     eval_windows: int = 192  # validation windows scored each epoch
     net: NetConfig = field(default_factory=NetConfig)
     command: str = ""  # the command line that started the run, for the model card
+    data: tuple[str, ...] = ("chorales",)  # --data: a named corpus or paths
+    genre: str = "bach"  # the roles the model generates (training/data/genres.py)
+    melody_track: str | None = None  # --melody-track
+    data_licence: str | None = None  # --data-licence
     device: str = "auto"  # auto (CUDA when there is one), cpu, cuda
     amp: str = "auto"  # bf16 autocast: auto, on, off (auto = on for CUDA only)
     compile: str = "auto"  # torch.compile: auto, on, off (auto = on for CUDA only)
@@ -84,6 +88,7 @@ class TrainConfig:
         data = dict(data)
         data["net"] = NetConfig.from_dict(data["net"])
         data["betas"] = tuple(data["betas"])
+        data["data"] = tuple(data.get("data", ("chorales",)))
         return cls(**data)
 
 
@@ -121,8 +126,8 @@ class Nets:
     the penalty's double backward.
     """
 
-    generator: UNetGenerator
-    critic: Critic
+    generator: nn.Module
+    critic: nn.Module
     opt_g: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer
     g_logits: nn.Module
@@ -133,8 +138,8 @@ class Nets:
 def build_nets(config: TrainConfig, placement: Placement, state: dict[str, Any] | None = None) -> Nets:
     """Fresh networks from the seed, or the ones in a checkpoint's `state`."""
     torch.manual_seed(config.seed)
-    generator = UNetGenerator(config.net).to(placement.device)
-    critic = Critic(config.net).to(placement.device)
+    generator = build_generator(config.net).to(placement.device)
+    critic = build_critic(config.net).to(placement.device)
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr, betas=config.betas)
     opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr, betas=config.betas)
     if state is not None:
@@ -236,7 +241,7 @@ def draw_z(n: int, z_dim: int, noise: torch.Generator) -> torch.Tensor:
 # --------------------------------------------------------------------------- evaluation
 
 
-def torch_generate_fn(generator: UNetGenerator):
+def torch_generate_fn(generator: nn.Module):
     """numpy in, numpy out, whichever device the generator is on."""
     device = next(generator.parameters()).device
 
@@ -262,13 +267,38 @@ def monophonic_tracks(frames: np.ndarray) -> list[bool]:
 
 
 def build_spec(config: TrainConfig, train: ChoraleDataset, **extra) -> GeneratorSpec:
-    return bach_spec(
+    return genre_spec(
+        config.genre,
         config.net,
         lowest_pitch=train.lowest_pitch,
         monophonic=monophonic_tracks(train.frames),
         melody_range=train.melody_range,
+        velocities=train.info.get("velocity"),
         **extra,
     )
+
+
+def check_resumable(state: dict[str, Any], config: TrainConfig, spec: GeneratorSpec, path: Path) -> None:
+    """A run resumes only with the network and the tracks it was started with."""
+    saved = NetConfig.from_dict(state["net_config"])
+    if saved.arch != config.net.arch:
+        raise CheckpointError(
+            f"{path} holds a {saved.arch} network, not {config.net.arch}; resume with --arch {saved.arch} "
+            "or start a new run in another --out folder"
+        )
+    saved_tracks = state.get("data", {}).get("tracks")
+    tracks = [t.name for t in spec.tracks]
+    if saved_tracks is not None and list(saved_tracks) != tracks:
+        raise CheckpointError(
+            f"{path} generates {', '.join(saved_tracks)}, not {', '.join(tracks)}; resume with the "
+            f"genre it was trained for (--genre {state.get('train_config', {}).get('genre', '?')}) "
+            "or start a new run in another --out folder"
+        )
+    if saved != config.net:
+        raise CheckpointError(
+            f"{path} holds a network of shape {state['net_config']}, not "
+            f"{config.net.to_dict()}; resume with the same network settings"
+        )
 
 
 def fixed_subset(n: int, size: int, seed: int = 1234) -> np.ndarray:
@@ -301,13 +331,10 @@ def train(
     rng = np.random.default_rng(config.seed)  # the epochs' batch order, the same on every rank
 
     start_epoch, history, wall_before, step, state = 0, [], 0.0, 0, None
+    spec = build_spec(config, train_set)
     if resume is not None:
         state = load_checkpoint(resume)  # every rank loads it
-        if NetConfig.from_dict(state["net_config"]) != config.net:
-            raise CheckpointError(
-                f"{resume} holds a network of shape {state['net_config']}, not "
-                f"{config.net.to_dict()}; resume with the same network settings"
-            )
+        check_resumable(state, config, spec, resume)
     nets = build_nets(config, placement, state)
     if state is not None:
         start_epoch, history = state["epoch"], state["history"]
@@ -318,7 +345,6 @@ def train(
             log.info("resuming %s at epoch %d", resume, start_epoch + 1)
     generator, critic = nets.generator, nets.critic
 
-    spec = build_spec(config, train_set)
     windows = DeviceWindows.from_dataset(train_set, placement.device)
     n = len(windows)
     batches_per_epoch = n // config.batch_size
@@ -442,7 +468,7 @@ def checkpoint_state(config: TrainConfig, nets: Nets, spec: GeneratorSpec, train
                      val_set: ChoraleDataset, record: dict[str, Any], history: list,
                      rng: np.random.Generator, reference: tuple[dict, dict]) -> dict[str, Any]:
     return {
-        "architecture": ARCHITECTURE,
+        "architecture": architecture_name(config.net),
         "net_config": config.net.to_dict(),
         "train_config": asdict(config),
         "generator": nets.generator.state_dict(),
@@ -456,7 +482,10 @@ def checkpoint_state(config: TrainConfig, nets: Nets, spec: GeneratorSpec, train
         "torch_rng": torch.get_rng_state(),
         "numpy_rng": rng.bit_generator.state,
         "data": {
-            "dataset": "music21 Bach chorales (bundled corpus), key-normalised",
+            "dataset": train_set.info.get("dataset", "music21 Bach chorales (bundled corpus), key-normalised"),
+            "licence": config.data_licence or train_set.info.get("licence", "music21 corpus (BSD-3-Clause package; public-domain scores)"),
+            "tracks": [t.name for t in spec.tracks],
+            "spec": spec.to_json(),
             "lowest_pitch": train_set.lowest_pitch,
             "monophonic": [t.monophonic for t in spec.tracks],
             "melody_range": spec.melody_range,
@@ -469,7 +498,7 @@ def checkpoint_state(config: TrainConfig, nets: Nets, spec: GeneratorSpec, train
     }
 
 
-def save_samples(generator: UNetGenerator, spec: GeneratorSpec, val_set: ChoraleDataset, out: Path,
+def save_samples(generator: nn.Module, spec: GeneratorSpec, val_set: ChoraleDataset, out: Path,
                  epoch: int, history: list, real_train: dict[str, float], seed: int) -> None:
     from .plots import plot_history, write_sample  # matplotlib loads only when training
 

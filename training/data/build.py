@@ -40,13 +40,21 @@ log = logging.getLogger("backline.training")
 
 CACHE_VERSION = 1
 
-# Licences of the package data we know, by a path fragment (DESIGN §4). A path of your
-# own is yours: its licence is whatever your files carry (`--data-licence` records it).
-KNOWN_LICENCES = (
-    ("games/doom", "BSD-3-Clause-style (Freedoom project)"),
-    ("simutrans/music", "Artistic-1.0 (simutrans-data)"),
-    ("openttd/baseset/openmsx", "GPL-2 (OpenMSX, openttd-openmsx)"),
+# Package data we know, by a path fragment (DESIGN §4): the Debian package it comes
+# from and its licence. A path of your own is yours: its licence is whatever your files
+# carry (`--data-licence` records it).
+KNOWN_PACKAGES = (
+    ("games/doom/freedm", "freedm", "BSD-3-Clause-style (Freedoom project)"),
+    ("games/doom/freedoom", "freedoom", "BSD-3-Clause-style (Freedoom project)"),
+    ("simutrans/music", "simutrans-data", "Artistic-1.0 (simutrans-data)"),
+    ("openttd/baseset/openmsx", "openttd-openmsx", "GPL-2 (OpenMSX, openttd-openmsx)"),
 )
+KNOWN_LICENCES = tuple((fragment, licence) for fragment, _, licence in KNOWN_PACKAGES)
+
+
+def packages_of(paths: Sequence[str]) -> list[str]:
+    """The Debian packages that hold these paths, as far as we know them."""
+    return sorted({package for fragment, package, _ in KNOWN_PACKAGES for p in paths if fragment in str(p)})
 
 
 class DataError(BacklineError, ValueError):
@@ -244,3 +252,45 @@ def data_summary(train: WindowDataset, val: WindowDataset, genre: Genre) -> str:
     lines.append(f"bars: {info.get('bars', '?')}; with notes, per role: "
                  + ", ".join(f"{n} {c}" for n, c in zip(names, counts)))
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- one entry point
+
+
+def default_genre(data: Sequence[str]) -> str:
+    """The genre a `--data` value trains when `--genre` is not given."""
+    from .genres import DEFAULT_GENRE, DEFAULT_PATH_GENRE
+
+    return DEFAULT_GENRE.get(data[0], DEFAULT_PATH_GENRE) if len(data) == 1 else DEFAULT_PATH_GENRE
+
+
+def load_data(data: Sequence[str], genre_name: str, *, melody_track: str | None = None, licence: str | None = None,
+              rebuild: bool = False, progress: bool = True, cache_dir: Path | None = None
+              ) -> tuple[WindowDataset, WindowDataset]:
+    """(train, validation) for any `--data` and genre: the chorales for `bach`, else the
+    multi-track builder."""
+    from .genres import get_genre
+
+    data = list(data)
+    if genre_name == "bach" or data == ["chorales"]:
+        if genre_name != "bach" or data != ["chorales"]:
+            raise DataError("the bach model trains on the chorales and the chorales train only the bach model: "
+                            "use --data chorales with --genre bach (the default), or another --genre with your own --data")
+        from ..chorales import load_dataset
+
+        train, val = load_dataset(cache_dir, rebuild=rebuild, progress=progress)
+        if licence:
+            train.info["licence"] = val.info["licence"] = licence
+        return train, val
+    return load_training_data(data, get_genre(genre_name), melody_track=melody_track, licence=licence,
+                              cache_dir=cache_dir, rebuild=rebuild, progress=progress)
+
+
+def summary(train: WindowDataset, val: WindowDataset, genre_name: str) -> str:
+    if genre_name == "bach":
+        from ..chorales import dataset_summary
+
+        return dataset_summary(train, val)
+    from .genres import get_genre
+
+    return data_summary(train, val, get_genre(genre_name))

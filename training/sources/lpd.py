@@ -52,6 +52,8 @@ def read_lpd(path: str | os.PathLike[str]) -> MidiScore:
     """Read an LPD / pypianoroll .npz file into a MidiScore (times in beats)."""
     label = str(path)
     try:
+        if not zipfile.is_zipfile(path):  # np.load would try .npy and pickle formats
+            raise LpdError(f"{label} is not an .npz (zip) file; {_HINT}")
         with np.load(path, allow_pickle=False) as archive:
             if "info.json" not in archive.files:
                 raise LpdError(
