@@ -52,9 +52,25 @@ KNOWN_PACKAGES = (
 KNOWN_LICENCES = tuple((fragment, licence) for fragment, _, licence in KNOWN_PACKAGES)
 
 
+def _holds(path: str, fragment: str) -> bool:
+    """Whether `path` is inside the package folder `fragment` names, or is a folder holding it."""
+    path = str(Path(path).resolve())
+    return fragment in path or any(fragment in str(child) for child in Path(path).glob("*")) if Path(path).is_dir() \
+        else fragment in path
+
+
 def packages_of(paths: Sequence[str]) -> list[str]:
     """The Debian packages that hold these paths, as far as we know them."""
-    return sorted({package for fragment, package, _ in KNOWN_PACKAGES for p in paths if fragment in str(p)})
+    return sorted({package for fragment, package, _ in KNOWN_PACKAGES for p in paths if _holds(p, fragment)})
+
+
+def code_version() -> str:
+    """A digest of the code that converts files, so a changed rule rebuilds the cache."""
+    here = Path(__file__).parent
+    digest = hashlib.sha1()
+    for name in ("pieces.py", "melody.py", "genres.py", "quartets.py"):
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()[:12]
 
 
 class DataError(BacklineError, ValueError):
@@ -113,7 +129,7 @@ def path_sources(paths: Sequence[str]) -> tuple[list[Source], str, str]:
     for path in paths:
         prefix = Path(path).name + "/" if len(paths) > 1 and Path(path).is_dir() else ""
         sources += [Source(prefix + p.name, p.load) for p in find_pieces(path)]
-    licences = sorted({text for fragment, text in KNOWN_LICENCES for p in paths if fragment in str(Path(p).resolve())})
+    licences = sorted({text for fragment, text in KNOWN_LICENCES for p in paths if _holds(p, fragment)})
     description = "MIDI from " + ", ".join(str(p) for p in paths) + ", key-normalised"
     return sources, description, "; ".join(licences) or "the licence of the files given"
 
@@ -187,7 +203,7 @@ def load_training_data(
             if not Path(path).exists():
                 raise DataError(f"--data {path}: no such file or folder; give a MIDI file, a folder of MIDI, "
                                 "a .wad, a folder of .npz, or one of: chorales, quartets")
-    key_parts = {"version": CACHE_VERSION, "genre": genre.name, "melody_track": melody_track,
+    key_parts = {"version": CACHE_VERSION, "code": code_version(), "genre": genre.name, "melody_track": melody_track,
                  "data": data if named else fingerprint(data), "grid": [STEPS_PER_BEAT, N_PITCHES]}
     key = hashlib.sha1(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
     cache = (Path(cache_dir) if cache_dir else default_cache_dir()) / f"multitrack-{genre.name}-{key}.npz"

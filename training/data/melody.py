@@ -10,7 +10,11 @@ logged for every file, and overridable (`--melody-track`):
 3. Otherwise the highest (by mean pitch) track that is neither drums nor bass (GM 32-39),
    is mostly monophonic (two or more pitches at once on under 20 % of its sounding
    16th-note steps) and plays in at least a quarter of the piece's bars.
-4. No such track: the piece is skipped ("no melody candidate").
+4. Otherwise the top line (at each note start, the highest note starting there) of the
+   highest track that is neither drums nor bass and plays in a quarter of the bars: a
+   piano's right hand playing the tune in chords. The notes under the top line stay in
+   that track's role, so the melody is still never also accompaniment.
+5. No such track: the piece is skipped ("no melody candidate").
 """
 
 from __future__ import annotations
@@ -34,7 +38,11 @@ class NoMelody(Exception):
 @dataclass(frozen=True)
 class MelodyChoice:
     index: int  # in score.tracks
-    rule: str  # "override", "name", "register"
+    rule: str  # "override", "name", "register", "top line"
+
+    @property
+    def top_line(self) -> bool:
+        return self.rule == "top line"
 
     def describe(self, score: MidiScore) -> str:
         track = score.tracks[self.index]
@@ -80,12 +88,37 @@ def choose_melody(score: MidiScore, override: str | None = None, beats_per_bar: 
         and chord_share(tracks[i].notes) < MAX_CHORD_SHARE
         and bar_share(tracks[i].notes, total_bars, beats_per_bar) >= MIN_BAR_SHARE
     ]
-    if not candidates:
-        raise NoMelody(
-            "no melody candidate: no track other than drums and bass is mostly one note at a "
-            "time and plays in a quarter of the bars (name the melody with --melody-track)"
-        )
-    return MelodyChoice(max(candidates, key=lambda i: (tracks[i].mean_pitch, len(tracks[i].notes))), "register")
+    if candidates:
+        return MelodyChoice(max(candidates, key=lambda i: (tracks[i].mean_pitch, len(tracks[i].notes))), "register")
+    present = [i for i in melodic if not _is_bass(tracks[i])
+               and bar_share(tracks[i].notes, total_bars, beats_per_bar) >= MIN_BAR_SHARE]
+    if present:
+        return MelodyChoice(max(present, key=lambda i: (tracks[i].mean_pitch, len(tracks[i].notes))), "top line")
+    raise NoMelody(
+        "no track other than drums and bass plays in a quarter of the bars "
+        "(name the melody with --melody-track)"
+    )
+
+
+def split_top_line(notes: list[Note]) -> tuple[list[Note], list[Note]]:
+    """(top line, the rest): at each start time the highest note starting there is the
+    top line's, unless a higher top-line note is still sounding."""
+    top: list[Note] = []
+    rest: list[Note] = []
+    by_start: dict[float, list[Note]] = {}
+    for note in notes:
+        by_start.setdefault(round(note.start, 4), []).append(note)
+    for start in sorted(by_start):
+        group = sorted(by_start[start], key=lambda n: n.pitch)
+        highest = group[-1]
+        if top and top[-1].end > start + 1e-6 and top[-1].pitch > highest.pitch:
+            rest += group
+            continue
+        if top and top[-1].end > start + 1e-6:  # the new top note cuts the last one short
+            top[-1] = top[-1]._replace(duration=start - top[-1].start)
+        top.append(highest)
+        rest += group[:-1]
+    return [n for n in top if n.duration > 0], rest
 
 
 def _override_index(score: MidiScore, override: str) -> int:

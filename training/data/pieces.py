@@ -32,7 +32,7 @@ from backline.models.notes import Note, notes_to_roll
 
 from ..chorales import LOWEST_PITCH, N_PITCHES, STEPS_PER_BEAT, PieceRolls, SkipPiece
 from .genres import DRUM_VOICES, Genre
-from .melody import MelodyChoice, NoMelody, choose_melody
+from .melody import MelodyChoice, NoMelody, choose_melody, split_top_line
 
 HIGHEST_PITCH = LOWEST_PITCH + N_PITCHES - 1
 
@@ -104,27 +104,28 @@ def convert_score(score: MidiScore, name: str, genre: Genre, melody_track: str |
     except NoMelody as exc:
         raise SkipPiece("no melody candidate", str(exc)) from None
     melody_track_ = score.tracks[choice.index]
+    melody_notes, under_melody = melody_track_.notes, []
+    if choice.top_line:
+        melody_notes, under_melody = split_top_line(melody_track_.notes)
     per_role: list[list[Note]] = [[] for _ in genre.roles]
-    velocity_sums: dict[str, list[float]] = {"melody": [float(np.mean([n.velocity for n in melody_track_.notes]))]}
+    velocity_sums: dict[str, list[float]] = {"melody": [float(np.mean([n.velocity for n in melody_notes]))]}
     for i, track in enumerate(score.tracks):
-        if i == choice.index:
-            continue
         role = genre.role_index(track.program, track.is_drum)
         if role is not None:
-            per_role[role].extend(track.notes)
+            per_role[role].extend(under_melody if i == choice.index else track.notes)
     if not any(per_role):
         raise SkipPiece("no accompaniment", "no track maps to a role of " + genre.name)
     for role, notes in zip(genre.roles, per_role):
         if notes:
             velocity_sums.setdefault(role.key, []).append(float(np.mean([n.velocity for n in notes])))
 
-    pitched = [n for n in melody_track_.notes] + [n for r, notes in zip(genre.roles, per_role)
+    pitched = list(melody_notes) + [n for r, notes in zip(genre.roles, per_role)
                                                   if not r.track.is_drum for n in notes]
     key = estimate_key(pitched)
     shift = normalising_shift(key)
     dropped = 0
     voices: list[list[Note]] = []
-    for notes, is_drum in [(melody_track_.notes, False)] + [(n, r.track.is_drum) for r, n in zip(genre.roles, per_role)]:
+    for notes, is_drum in [(melody_notes, False)] + [(n, r.track.is_drum) for r, n in zip(genre.roles, per_role)]:
         if is_drum:
             notes, lost = _drum_hits(notes)
         else:
