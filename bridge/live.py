@@ -22,7 +22,9 @@ The accompaniment is generated bar by bar, AHEAD of the playhead:
   the key estimated from the melody heard in the last `HISTORY_BEATS` beats, then whole
   octaves towards the model's melody range; notes the model cannot take are dropped.
 - Decoding. The window's probabilities are binarised as a whole (runtime.binarise), and
-  the last bar is read back as notes. A note that sounds across the bar line with no new
+  the last bar is read back as notes, voiced as `accompany()` voices them (drums stay on
+  the drum map, each part is kept in its instrument's range a phrase at a time within
+  the bar, velocities follow the window's melody and the beat). A note that sounds across the bar line with no new
   onset in the model's output, where the player still holds that pitch to the bar line,
   is tied (its note-off moves); every other note is cut at the end of its bar.
 - Silence. A bar whose window holds no melody at all (nothing heard yet, or the melody
@@ -59,9 +61,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from backline.models.accompaniment import MelodyError, melody_shift
+from backline.models.accompaniment import MelodyError, melody_shift, voice_track
 from backline.models.errors import BacklineError
-from backline.models.notes import Note, Roll, notes_to_roll, roll_to_notes, transpose_notes
+from backline.models.notes import Note, note_runs, notes_to_roll, transpose_notes
+from backline.models.voicing import melody_velocity_curve
 from backline.models.runtime import Generator, binarise
 from backline.models.spec import TrackSpec
 
@@ -74,7 +77,6 @@ log = logging.getLogger("backline.bridge")
 
 DEFAULT_COMMIT_AHEAD = 2.0  # beats
 HISTORY_BEATS = 64.0  # melody kept for the key estimate and the prediction
-VELOCITY = 90
 RECORDS_KEPT = 10_000
 
 
@@ -179,15 +181,21 @@ def generate_bar(generator: Generator, window: list[Note], key_notes: Sequence[N
     bar_steps = spec.steps_per_bar
     first = spec.window_steps - bar_steps
     bar_start = window_start + spec.window_beats - spec.beats_per_bar
+    # The bar's notes as accompany() plays them: drums untransposed, each part in its
+    # instrument's range, loud as the melody of this window is.
+    track_of, column, start, length = note_runs(frames[:, first:], onsets[:, first:])
+    curve = melody_velocity_curve(window, spec.window_steps, spec.steps_per_beat)[first:]
+    melody_velocity = float(np.mean([n.velocity for n in window]))
     tracks, continued = [], []
-    for k in range(spec.n_tracks):
-        bar = Roll(frames[k, first:], onsets[k, first:], spec.steps_per_beat, spec.lowest_pitch)
-        notes = [n._replace(start=bar_start + n.start) for n in
-                 transpose_notes(roll_to_notes(bar, VELOCITY), -shift) if 0 <= n.pitch <= 127]
-        tracks.append(notes)
+    for k, track in enumerate(spec.tracks):
+        unshift = 0 if track.is_drum else shift
+        mine = track_of == k
+        pitch = column[mine] + spec.lowest_pitch - unshift
+        tracks.append(voice_track(spec, track, pitch, start[mine], length[mine], curve, melody_velocity,
+                                  offset_beats=bar_start))
         if first > 0:
             held = frames[k, first - 1] & frames[k, first] & ~onsets[k, first]
-            continued.append({int(c) + spec.lowest_pitch - shift for c in np.flatnonzero(held)})
+            continued.append({int(c) + spec.lowest_pitch - unshift for c in np.flatnonzero(held)})
         else:
             continued.append(set())
     return BarNotes(tracks, continued)

@@ -210,19 +210,31 @@ def decode(
     track_of, pitch, start, length = track_of[kept], pitch[kept], start[kept], length[kept]
     cuts = np.searchsorted(track_of, np.arange(1, spec.n_tracks))
     curve = melody.velocity_curve if melody.velocity_curve is not None else np.full(max(melody.n_steps, 1), 90.0)
-    reference = spec.melody.velocity or melody.mean_velocity
-    tracks = []
-    for track, pitches, starts, lengths in zip(spec.tracks, np.split(pitch, cuts), np.split(start, cuts),
-                                               np.split(length, cuts)):
-        pitches, starts, lengths = _in_range(track, pitches, starts, lengths, spec.steps_per_beat)
-        if velocity is None:
-            level = (track.velocity / reference) if track.velocity else 1.0
-            levels = velocities(starts, curve, level, spec.steps_per_beat, spec.steps_per_bar).tolist()
-        else:
-            levels = [velocity] * len(pitches)
-        tracks.append((track, [Note(p, b * step_beats, d * step_beats, v)
-                               for p, b, d, v in zip(pitches.tolist(), starts.tolist(), lengths.tolist(), levels)]))
+    tracks = [
+        (track, voice_track(spec, track, pitches, starts, lengths, curve, melody.mean_velocity, velocity))
+        for track, pitches, starts, lengths in zip(spec.tracks, np.split(pitch, cuts), np.split(start, cuts),
+                                                   np.split(length, cuts))
+    ]
     return Accompaniment(tracks, melody.key, melody.shift)
+
+
+def voice_track(spec: GeneratorSpec, track: TrackSpec, pitch: np.ndarray, start: np.ndarray, length: np.ndarray,
+                curve: np.ndarray, melody_velocity: float, velocity: int | None = None,
+                offset_beats: float = 0.0) -> list[Note]:
+    """One track's notes (MIDI pitches, start and length in steps) as the instrument plays
+    them: in its range, with velocities from the melody's `curve` (per step, same origin as
+    `start`) relative to `melody_velocity`, or all `velocity` when given. Times come out in
+    beats plus `offset_beats`."""
+    pitch, start, length = _in_range(track, pitch, start, length, spec.steps_per_beat)
+    if velocity is None:
+        reference = spec.melody.velocity or melody_velocity
+        level = (track.velocity / reference) if track.velocity and reference else 1.0
+        levels = velocities(start, curve, level, spec.steps_per_beat, spec.steps_per_bar).tolist()
+    else:
+        levels = [velocity] * len(pitch)
+    step_beats = 1.0 / spec.steps_per_beat
+    return [Note(p, offset_beats + b * step_beats, d * step_beats, v)
+            for p, b, d, v in zip(pitch.tolist(), start.tolist(), length.tolist(), levels)]
 
 
 def _in_range(track: TrackSpec, pitch: np.ndarray, start: np.ndarray, length: np.ndarray, steps_per_beat: int):
