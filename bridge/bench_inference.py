@@ -80,18 +80,20 @@ def _windows(spec, batch: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def rebuild_torch_generator(path: Path, spec):
-    """training/networks.py's UNetGenerator with the weights of the ONNX file at `path`.
+    """training/networks' generator (U-Net or MuseGAN, from the model's provenance) with
+    the weights of the ONNX file at `path`.
 
     The exporter names each node after the module it came from ('/generator/down.0/
     down.0.3/down.0.3.0/Conv' is module down.0.3.0), and folds each batch norm into the
     convolution before it; so each Conv/ConvTranspose/Gemm's weights go to the module of
-    its name, and the batch norms become identities."""
+    its name, other parameters (MuseGAN's bar positions) come from the initializer of
+    their own name, and the batch norms become identities."""
     import onnx
     import torch
     from onnx import numpy_helper
     from torch import nn
 
-    from backline.training.networks import NetConfig, UNetGenerator
+    from backline.training.networks import ARCHITECTURES, NetConfig, build_generator
 
     graph = onnx.load(str(path)).graph
     if any(node.op_type == "BatchNormalization" for node in graph.node):
@@ -105,25 +107,41 @@ def rebuild_torch_generator(path: Path, spec):
                 arrays[0] = arrays[0].T
             weights[node.name.strip("/").split("/")[-2]] = arrays
     if "stem.0" not in weights:
-        raise RebuildError(f"{path} is not a U-Net generator of training/networks.py (no stem convolution)")
+        raise RebuildError(f"{path} is not a generator of training/networks (no stem convolution)")
     widths = [weights["stem.0"][0].shape[0]]
     while f"down.{len(widths) - 1}.0" in weights:
         widths.append(weights[f"down.{len(widths) - 1}.0"][0].shape[0])
+    arch = {name: key for key, name in ARCHITECTURES.items()}.get(spec.provenance.get("architecture"), "unet")
+    drums = tuple(k for k, t in enumerate(spec.tracks) if t.is_drum)
+    columns: tuple[int, ...] = ()
+    if drums:
+        from backline.training.data.genres import DRUM_PITCHES
+
+        columns = tuple(p - spec.lowest_pitch for p in DRUM_PITCHES)
     config = NetConfig(n_tracks=spec.n_tracks, window_steps=spec.window_steps, n_pitches=spec.n_pitches,
-                       steps_per_beat=spec.steps_per_beat, z_dim=spec.z_dim, widths=tuple(widths))
-    net = UNetGenerator(config)
-    layers = {name: m for name, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))}
+                       steps_per_beat=spec.steps_per_beat, z_dim=spec.z_dim, widths=tuple(widths), arch=arch,
+                       steps_per_bar=spec.steps_per_bar, drum_tracks=drums, drum_columns=columns)
+    net = build_generator(config)
+    kinds = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+    layers = {name: m for name, m in net.named_modules() if isinstance(m, kinds)}
     if set(layers) != set(weights):
         raise RebuildError(f"{path}: layers {sorted(set(layers) ^ set(weights))} are not in both the "
-                           "ONNX graph and training/networks.py's U-Net")
+                           f"ONNX graph and training/networks' {arch} generator")
     with torch.no_grad():
         for name, layer in layers.items():
             weight, bias = weights[name]
             if tuple(layer.weight.shape) != weight.shape:
-                raise RebuildError(f"{path}: {name} has weights {weight.shape}, the U-Net wants "
+                raise RebuildError(f"{path}: {name} has weights {weight.shape}, the {arch} generator wants "
                                    f"{tuple(layer.weight.shape)}")
             layer.weight.copy_(torch.from_numpy(weight.copy()))
             layer.bias.copy_(torch.from_numpy(bias.copy()))
+        owned = {f"{name}.{p}" for name in layers for p in ("weight", "bias")}
+        for name, parameter in net.named_parameters():
+            if name in owned or ".norm" in name or "_norm" in name:
+                continue
+            found = initializers.get(f"generator.{name}")
+            if found is not None and found.shape == tuple(parameter.shape):
+                parameter.copy_(torch.from_numpy(found.copy()))
     for name, module in list(net.named_modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.BatchNorm2d):
