@@ -171,7 +171,7 @@ def binarise(
     for k, track in enumerate(spec.tracks):
         if not track.monophonic:
             if rng is None:
-                out_frames[k] = frames[k] >= threshold
+                out_frames[k] = held_cells(frames[k], threshold, spec.hold_threshold)
                 out_onsets[k] = out_frames[k] & (onsets[k] >= spec.onset_threshold)
             else:
                 out_frames[k] = rng.random(frames[k].shape) < frames[k]
@@ -180,6 +180,23 @@ def binarise(
             _read_voices(frames[k:k + 1], onsets[k:k + 1], threshold, spec.onset_threshold, [k],
                          out_frames, out_onsets, rng)
     return out_frames, out_onsets
+
+
+def held_cells(p: np.ndarray, threshold: float, hold: float | None) -> np.ndarray:
+    """Cells `[T, P]` that sound: where p >= threshold, and (with `hold`) onward from
+    there while p stays >= hold. The hold keeps a note whole through a dip in the model's
+    confidence, the fragmentation a single threshold turns into a stutter of short notes;
+    a repeated note still needs its onset to restrike (read from the onset map)."""
+    start = p >= threshold
+    if hold is None or hold >= threshold:
+        return start
+    sustain = p >= hold  # start implies sustain
+    n_steps = p.shape[0]
+    steps = np.arange(n_steps)[:, None]
+    # Per cell: where its run of sustain began, and the last start at or before it.
+    run_start = np.maximum.accumulate(np.where(~sustain, steps + 1, 0), axis=0)
+    last_start = np.maximum.accumulate(np.where(start, steps, -1), axis=0)
+    return sustain & (last_start >= run_start)
 
 
 def _read_voices(p, q, threshold, onset_threshold, rows, out_frames, out_onsets, rng=None) -> None:

@@ -55,6 +55,8 @@ class TrackSpec:
 
 
 def _track(data: dict) -> TrackSpec:
+    if not isinstance(data, dict):
+        raise TypeError(f"a track is {data!r}, not an object")
     data = dict(data)
     if data.get("pitch_range") is not None:
         data["pitch_range"] = tuple(data["pitch_range"])
@@ -76,6 +78,9 @@ class GeneratorSpec:
     z_dim: int
     threshold: float = 0.5
     onset_threshold: float = 0.5
+    # A polyphonic track's sounding note carries on while its probability stays at or
+    # above this (below `threshold`); None = a single threshold (models/runtime.held_cells).
+    hold_threshold: float | None = None
     # The model was trained on pieces transposed to C major / A minor: the runtime moves
     # the melody there first and the accompaniment back after.
     key_normalised: bool = False
@@ -158,5 +163,14 @@ class GeneratorSpec:
                 or not 0 <= track.channel <= 15 or not 0 <= track.program <= 127
             ):
                 problems.append(f"track {track.name!r} has a bad channel or program")
+        for value, label in [(self.threshold, "threshold"), (self.onset_threshold, "onset_threshold"),
+                             (self.hold_threshold, "hold_threshold")]:
+            if value is not None and (not isinstance(value, (int, float)) or not 0 <= value <= 1):
+                problems.append(f"{label} must be a number in 0..1, not {value!r}")
+        for track in self.tracks:
+            low_high = track.pitch_range
+            if low_high is not None and (len(low_high) != 2 or not all(isinstance(v, int) for v in low_high)
+                                         or not 0 <= low_high[0] <= low_high[1] <= 127):
+                problems.append(f"track {track.name!r} has a bad pitch_range {low_high!r}")
         if problems:
             raise SpecError("model metadata is invalid: " + "; ".join(problems))

@@ -96,3 +96,38 @@ def test_note_runs_reads_a_stack_of_rolls_as_roll_to_notes_reads_each(seed):
         assert [(n.pitch - 30, round(n.start * 4), round(n.duration * 4)) for n in expected] == \
             list(zip(pitch[mine].tolist(), start[mine].tolist(), length[mine].tolist()))
     assert np.array_equal(roll, np.sort(roll))
+
+
+def held_step_by_step(p: np.ndarray, threshold: float, hold: float) -> np.ndarray:
+    """A cell sounds where p >= threshold, or where the cell before it sounds and p >= hold."""
+    out = np.zeros(p.shape, dtype=bool)
+    for pitch in range(p.shape[1]):
+        for t in range(p.shape[0]):
+            before = t > 0 and out[t - 1, pitch]
+            out[t, pitch] = p[t, pitch] >= threshold or (before and p[t, pitch] >= hold)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_held_cells_follow_the_step_by_step_hold_rule(seed):
+    from backline.models.runtime import held_cells
+
+    rng = np.random.default_rng(seed)
+    p = rng.random((int(rng.integers(1, 50)), int(rng.integers(1, 20)))) ** rng.uniform(0.5, 3)
+    threshold = float(rng.uniform(0.2, 0.8))
+    hold = threshold * float(rng.uniform(0.1, 1.0))
+    assert np.array_equal(held_cells(p, threshold, hold), held_step_by_step(p, threshold, hold))
+    assert np.array_equal(held_cells(p, threshold, None), p >= threshold)
+
+
+def test_a_hold_keeps_a_wavering_chord_note_whole():
+    """Confidence dipping under the threshold mid-note: one note with a hold, three without."""
+    spec = fixed_spec()
+    spec = replace(spec, tracks=tuple(replace(t, monophonic=False) for t in spec.tracks), threshold=0.5)
+    p = np.zeros((spec.n_tracks, 16, spec.n_pitches), dtype=np.float32)
+    p[0, :, 10] = [0.9, 0.6, 0.4, 0.6, 0.45, 0.7, 0.8, 0.6, 0, 0, 0, 0, 0, 0, 0, 0]
+    q = np.zeros_like(p)
+    q[0, 0, 10] = 0.9
+    without = note_runs(*binarise(p, q, spec))
+    held = note_runs(*binarise(p, q, replace(spec, hold_threshold=0.3)))
+    assert len(without[0]) == 3 and list(held[3]) == [8]

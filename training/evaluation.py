@@ -17,7 +17,7 @@ from backline.models.notes import note_runs
 from backline.models.runtime import binarise
 from backline.models.spec import GeneratorSpec
 
-from .metrics import evaluate_multitrack, mean_over_windows
+from .metrics import evaluate_multitrack, mean_over_windows, qn_min_steps
 
 # (melody [B, T, P] float32, z [B, z_dim] float32) -> (frame probs, onset probs) [B, K, T, P]
 GenerateFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -191,6 +191,7 @@ def count_notes(frames: np.ndarray, onsets: np.ndarray) -> int:
 
 
 THRESHOLDS = (0.2, 0.25, 0.3, 0.4, 0.5)
+HOLD_RATIOS = (0.8, 0.6, 0.4, 0.25)  # hold thresholds tried, as fractions of the threshold
 ONSET_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6)
 
 
@@ -209,7 +210,10 @@ def calibrate_decoding(generate: GenerateFn, spec: GeneratorSpec, frames: np.nda
     - `onset_threshold` (given that): the number of notes matches, since the onset
       threshold sets how readily a held pitch is struck again.
 
-    Both match a density of the data, not the metrics reported on validation."""
+    - `hold_threshold` (models with chord tracks): how long their notes run, matched to
+      the data's share of qualified notes (QN) on the same training windows.
+
+    All match the training data, never the metrics reported on validation."""
     probs = [generate(frames[i:i + 256, 0].astype(np.float32),
                       np.random.default_rng(seed + i).standard_normal((len(frames[i:i + 256]), spec.z_dim)).astype(np.float32))
              for i in range(0, len(frames), 256)]
@@ -224,13 +228,32 @@ def calibrate_decoding(generate: GenerateFn, spec: GeneratorSpec, frames: np.nda
     threshold = _closest(THRESHOLDS, lambda c: float(decoded(replace(spec, threshold=c))[0].any(axis=-1).mean()),
                          real_coverage)
     spec = replace(spec, threshold=threshold)
+    chosen: dict[str, float | None] = {"threshold": threshold}
+    chords = [1 + k for k, t in enumerate(spec.tracks) if not t.monophonic and not t.is_drum]
+    if chords:
+        # How long the chord tracks' notes are: the hold that gives their notes the data's
+        # qualified-note rate (QN) on these training windows.
+        min_steps = qn_min_steps(spec.steps_per_beat)
+        real_qn = notes_qualified(frames[:, chords], onsets[:, chords], spec, min_steps)
+        holds = [None] + [round(threshold * r, 3) for r in HOLD_RATIOS]
+        hold = _closest(holds, lambda h: notes_qualified(*[x[:, [c - 1 for c in chords]] for x in
+                                                         decoded(replace(spec, hold_threshold=h))], spec, min_steps),
+                        real_qn)
+        spec = replace(spec, hold_threshold=hold)
+        chosen["hold_threshold"] = hold
     real_notes = count_notes(frames[:, 1:], onsets[:, 1:])
     onset_threshold = _closest(
         ONSET_THRESHOLDS,
         lambda c: count_notes(*decoded(replace(spec, onset_threshold=c))),
         real_notes,
     )
-    return {"threshold": threshold, "onset_threshold": onset_threshold}
+    return {**chosen, "onset_threshold": onset_threshold}
+
+
+def notes_qualified(frames: np.ndarray, onsets: np.ndarray, spec: GeneratorSpec, min_steps: int) -> float:
+    """The share of notes at least `min_steps` long in rolls `[..., T, P]` (QN over them all)."""
+    lengths = note_runs(frames.reshape(-1, *frames.shape[-2:]), onsets.reshape(-1, *onsets.shape[-2:]))[3]
+    return float((lengths >= min_steps).mean()) if len(lengths) else 0.0
 
 
 # Per-track columns of `evaluate`: (metric family, column title).

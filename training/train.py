@@ -371,7 +371,7 @@ def train(
                               world=placement.world, device=placement.device)
         noise = distributed.noise_generator(config.seed, epoch, placement)
         sums = torch.zeros(len(LOSSES), device=placement.device)  # on the device: no sync per step
-        d_steps = g_steps = 0
+        d_steps = g_steps = adversarial_g_steps = 0
         bar.set_postfix(epoch=epoch + 1, phase="warm-up" if warming_up else "adversarial")
         for b in range(batches_per_epoch):
             batch = windows.batch(order[b])
@@ -390,10 +390,12 @@ def train(
             if step % config.update_ratio == 0:
                 sums[GENERATOR_LOSSES] += generator_step(nets, batch, z, config.recon_weight, placement)
                 g_steps += 1
+                adversarial_g_steps += 1
             bar.update(1)
 
         # Every rank joins the average; rank 0 alone evaluates, logs and saves.
-        means = mean_losses(distributed.mean_across_ranks(sums, placement), d_steps, g_steps)
+        means = mean_losses(distributed.mean_across_ranks(sums, placement), d_steps, g_steps,
+                            adversarial_g_steps)
         over_budget = False
         if main:
             record: dict[str, Any] = {"epoch": epoch + 1, "step": step, "warmup": warming_up, **means}
@@ -443,10 +445,13 @@ def reference_metrics(train_set: ChoraleDataset, val_set: ChoraleDataset, spec: 
     return real_train, real_val
 
 
-def mean_losses(sums: torch.Tensor, d_steps: int, g_steps: int) -> dict[str, float]:
+def mean_losses(sums: torch.Tensor, d_steps: int, g_steps: int, adversarial_g_steps: int | None = None
+                ) -> dict[str, float]:
     """Per-epoch means; NaN for a loss no step of the epoch computed."""
     values = sums.tolist()
-    counts = (d_steps, d_steps, d_steps, g_steps, g_steps)
+    # loss_g is the adversarial generator loss: warm-up steps (recon only) do not count.
+    adversarial = g_steps if adversarial_g_steps is None else adversarial_g_steps
+    counts = (d_steps, d_steps, d_steps, adversarial, g_steps)
     return {key: value / count if count else float("nan") for key, value, count in zip(LOSSES, values, counts)}
 
 

@@ -225,6 +225,9 @@ def load_training_data(
     elif licence:
         info["licence"] = licence
     train, val = split_by_piece(pieces, info["files_of_pieces"])
+    if not val:
+        raise DataError(f"{' '.join(data)} gives one usable piece ({info['kept']} file kept); training holds whole "
+                        "pieces out for validation, so give it at least two files")
     window_steps = genre.window_beats * STEPS_PER_BEAT
     n_tracks = 1 + len(genre.roles)
     info = {**info, "cache": str(cache)}

@@ -128,6 +128,9 @@ def _override_index(score: MidiScore, override: str) -> int:
         index = int(text)
         if index >= len(tracks):
             raise NoMelody(f"--melody-track {index}: the file has {len(tracks)} tracks with notes (0..{len(tracks) - 1})")
+        if tracks[index].is_drum:
+            raise NoMelody(f"--melody-track {index}: track {tracks[index].name!r} is drums (MIDI channel 10); "
+                           "name a melodic track")
         return index
     wanted = text.casefold()
     for match in (lambda t: t.name.casefold() == wanted, lambda t: wanted in t.name.casefold()):

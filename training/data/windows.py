@@ -61,12 +61,16 @@ def split_by_piece(pieces: Sequence[PieceRolls], split_names: Sequence[str] | No
 
 def validation_keys(keys: Sequence[str]) -> set[str]:
     """The split keys that go to validation: the chorales' hash bucket (about 10 %), topped
-    up by lowest hash to a tenth of the keys (at least one, from 5 keys on), since in a
-    collection of 20 songs the bucket alone may hold none."""
-    chosen = {k for k in keys if is_validation(k)}
-    wanted = max(1, round(len(keys) / 10)) if len(keys) >= 5 else 0
-    for key in sorted(keys, key=lambda k: zlib.crc32(k.encode("utf-8"))):
+    up by lowest hash to a tenth of the keys (at least one, from 2 keys on), since in a
+    collection of 20 songs the bucket alone may hold none. A single key stays in training
+    (the builder then says that one piece cannot be both trained on and held out)."""
+    chosen = {k for k in keys if is_validation(k)} if len(keys) >= 2 else set()
+    wanted = max(1, round(len(keys) / 10)) if len(keys) >= 2 else 0
+    by_hash = sorted(keys, key=lambda k: zlib.crc32(k.encode("utf-8")))
+    for key in by_hash:
         if len(chosen) >= wanted:
             break
         chosen.add(key)
+    if keys and len(chosen) == len(keys):  # two or three keys, all in the bucket: train on the rest
+        chosen = {by_hash[0]}
     return chosen
