@@ -156,30 +156,45 @@ def binarise(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities `[n_tracks, time, n_pitches]` -> boolean frames and onsets.
 
-    By threshold (the model's default unless given), or by Bernoulli sampling seeded with
-    `sample_seed`. A polyphonic track keeps every cell that passes. A monophonic track is
-    read note by note (`_read_voices`).
+    By threshold, or by Bernoulli sampling seeded with `sample_seed`. Each track uses its
+    own thresholds where the model calibrated them per track (`TrackSpec.threshold` ...),
+    else the model's; a `threshold` given here overrides every track's note threshold. A
+    polyphonic track keeps every cell that passes (held through dips down to its hold
+    threshold, `held_cells`). A monophonic track is read note by note (`_read_voices`).
     """
-    threshold = spec.threshold if threshold is None else threshold
     rng = np.random.default_rng(sample_seed) if sample_seed is not None else None
+    levels = [track_thresholds(spec, track, threshold) for track in spec.tracks]
     out_frames = np.zeros(frames.shape, dtype=bool)
     out_onsets = np.zeros(frames.shape, dtype=bool)
     voices = [k for k, track in enumerate(spec.tracks) if track.monophonic]
-    if rng is None and voices:  # every voice in one pass
-        _read_voices(frames[voices], onsets[voices], threshold, spec.onset_threshold, voices,
-                     out_frames, out_onsets)
+    if rng is None and voices:  # every voice in one pass, each with its own thresholds
+        _read_voices(frames[voices], onsets[voices], np.array([[levels[k][0]] for k in voices]),
+                     np.array([[levels[k][1]] for k in voices]), voices, out_frames, out_onsets)
     for k, track in enumerate(spec.tracks):
+        note, onset, hold = levels[k]
         if not track.monophonic:
             if rng is None:
-                out_frames[k] = held_cells(frames[k], threshold, spec.hold_threshold)
-                out_onsets[k] = out_frames[k] & (onsets[k] >= spec.onset_threshold)
+                out_frames[k] = held_cells(frames[k], note, hold)
+                out_onsets[k] = out_frames[k] & (onsets[k] >= onset)
             else:
                 out_frames[k] = rng.random(frames[k].shape) < frames[k]
                 out_onsets[k] = out_frames[k] & (rng.random(onsets[k].shape) < onsets[k])
         elif rng is not None:  # voice by voice, so that a seed draws in the same order
-            _read_voices(frames[k:k + 1], onsets[k:k + 1], threshold, spec.onset_threshold, [k],
-                         out_frames, out_onsets, rng)
+            _read_voices(frames[k:k + 1], onsets[k:k + 1], note, onset, [k], out_frames, out_onsets, rng)
     return out_frames, out_onsets
+
+
+def track_thresholds(spec: GeneratorSpec, track, threshold: float | None = None
+                     ) -> tuple[float, float, float | None]:
+    """(note, onset, hold) thresholds of one track: its own, else the model's; `threshold`
+    (a user's choice) overrides the note threshold, and then the hold scales with it."""
+    note = track.threshold if track.threshold is not None else spec.threshold
+    onset = track.onset_threshold if track.onset_threshold is not None else spec.onset_threshold
+    hold = track.hold_threshold if track.threshold is not None else spec.hold_threshold
+    if threshold is not None:
+        hold = None if hold is None else hold * threshold / note
+        note = threshold
+    return note, onset, hold
 
 
 def held_cells(p: np.ndarray, threshold: float, hold: float | None) -> np.ndarray:

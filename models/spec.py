@@ -46,6 +46,11 @@ class TrackSpec:
     pitch_range: tuple[int, int] | None = None
     # The track's mean MIDI velocity in the training data (None: as loud as the melody).
     velocity: int | None = None
+    # Decoding thresholds calibrated for this track (None: the model's; see
+    # models/runtime.track_thresholds). A drum kit and a string pad are not equally sure.
+    threshold: float | None = None
+    onset_threshold: float | None = None
+    hold_threshold: float | None = None
 
     @property
     def playable_range(self) -> tuple[int, int]:
@@ -168,6 +173,9 @@ class GeneratorSpec:
             if value is not None and (not isinstance(value, (int, float)) or not 0 <= value <= 1):
                 problems.append(f"{label} must be a number in 0..1, not {value!r}")
         for track in self.tracks:
+            for value in (track.threshold, track.onset_threshold, track.hold_threshold):
+                if value is not None and (not isinstance(value, (int, float)) or not 0 <= value <= 1):
+                    problems.append(f"track {track.name!r} has a threshold {value!r} outside 0..1")
             low_high = track.pitch_range
             if low_high is not None and (len(low_high) != 2 or not all(isinstance(v, int) for v in low_high)
                                          or not 0 <= low_high[0] <= low_high[1] <= 127):

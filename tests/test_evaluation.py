@@ -45,8 +45,11 @@ def test_calibration_matches_the_real_note_density():
     # Thresholds <= 0.35 strike the pitch every step (32 notes a track), higher ones hold
     # one note a window. Real data with one note per track asks for a threshold above 0.35,
     # real data struck every step for one at or below it.
-    assert calibrate_decoding(generate, spec, *real_windows(1))["onset_threshold"] == 0.4
-    assert calibrate_decoding(generate, spec, *real_windows(32))["onset_threshold"] == 0.2
+    def onset_thresholds(real):
+        return [t.onset_threshold for t in calibrate_decoding(generate, spec, *real)["tracks"]]
+
+    assert onset_thresholds(real_windows(1)) == [0.4] * spec.n_tracks
+    assert onset_thresholds(real_windows(32)) == [0.1] * spec.n_tracks  # the first candidate at or below 0.35
 
 
 def test_calibration_matches_how_much_the_voices_sound():
@@ -56,10 +59,22 @@ def test_calibration_matches_how_much_the_voices_sound():
     # all the time ask for the lowest candidate; voices silent in the second half for the
     # first candidate above 0.28.
     frames, onsets = real_windows(1)
-    assert calibrate_decoding(generate, spec, frames, onsets)["threshold"] == 0.2
+    chosen = calibrate_decoding(generate, spec, frames, onsets)
+    assert [t.threshold for t in chosen["tracks"]] == [0.05] * spec.n_tracks and chosen["threshold"] == 0.05
     frames[:, :, 16:] = False
     onsets[:, :, 16:] = False
-    assert calibrate_decoding(generate, spec, frames, onsets)["threshold"] == 0.3
+    assert [t.threshold for t in calibrate_decoding(generate, spec, frames, onsets)["tracks"]] == [0.3] * spec.n_tracks
+
+
+def test_calibration_is_per_track():
+    """One track silent in the second half, the others sounding throughout: each gets its own."""
+    spec = fixed_spec(monophonic=True)
+    generate = held_pitch_generator(0.0, late_frame_probability=0.28)
+    frames, onsets = real_windows(1)
+    frames[:, 2, 16:] = False
+    onsets[:, 2, 16:] = False
+    chosen = calibrate_decoding(generate, spec, frames, onsets)
+    assert [t.threshold for t in chosen["tracks"]] == [0.05, 0.3, 0.05]
 
 
 def test_targets():

@@ -128,13 +128,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     calibration = train_set.subset(fixed_subset(len(train_set), 512))
 
     def calibrate(runtime):
-        chosen = calibrate_decoding(onnx_generate_fn(runtime), runtime.spec,
-                                    calibration.frames, calibration.onsets)
-        print(f"thresholds {chosen} (match how much and how often the voices of "
-              f"{len(calibration)} training windows play)")
-        for key in ("threshold", "onset_threshold"):
-            if getattr(args, key) is not None:
-                chosen[key] = getattr(args, key)
+        from dataclasses import replace
+
+        from .train import monophonic_tracks
+
+        # Which tracks read one note at a time, by this version's rule, on the training data.
+        spec = runtime.spec
+        mono = monophonic_tracks(train_set.frames, [t.is_drum for t in spec.tracks])
+        spec = replace(spec, tracks=tuple(replace(t, monophonic=m) for t, m in zip(spec.tracks, mono)))
+        chosen = calibrate_decoding(onnx_generate_fn(runtime), spec, calibration.frames, calibration.onsets)
+        tracks = chosen["tracks"]
+        if args.threshold is not None or args.onset_threshold is not None:  # the user's choice, for every track
+            tracks = tuple(replace(t, threshold=None, onset_threshold=None, hold_threshold=None) for t in tracks)
+            chosen["threshold"] = args.threshold if args.threshold is not None else chosen["threshold"]
+            if args.onset_threshold is not None:
+                chosen["onset_threshold"] = args.onset_threshold
+        chosen["tracks"] = tracks
+        print(f"decoding calibrated on {len(calibration)} training windows (note / hold / onset threshold: "
+              "how much, how long and how often each track plays in the data):")
+        for t in tracks:
+            print(f"  {t.name:12s} {'one note at a time' if t.monophonic else 'chords':18s} "
+                  f"{t.threshold} / {t.hold_threshold} / {t.onset_threshold}")
         return chosen
 
     if not args.no_evaluate:

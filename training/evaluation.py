@@ -8,7 +8,7 @@ decoding the bridge uses, so the numbers describe what a user will hear.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -190,64 +190,62 @@ def count_notes(frames: np.ndarray, onsets: np.ndarray) -> int:
     return len(note_runs(flat_f, flat_o)[0])
 
 
-THRESHOLDS = (0.2, 0.25, 0.3, 0.4, 0.5)
-HOLD_RATIOS = (0.8, 0.6, 0.4, 0.25)  # hold thresholds tried, as fractions of the threshold
-ONSET_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6)
+THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+ONSET_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+HOLD_RATIOS = (0.8, 0.6, 0.4, 0.25)  # hold thresholds tried, as fractions of the note threshold
 
 
-def _closest(candidates, measure, target: float) -> float:
+def _closest(candidates, measure, target: float):
     """The first candidate whose measure is nearest the target."""
     gaps = [abs(measure(c) - target) for c in candidates]
     return candidates[int(np.argmin(gaps))]
 
 
 def calibrate_decoding(generate: GenerateFn, spec: GeneratorSpec, frames: np.ndarray,
-                       onsets: np.ndarray, *, seed: int = 0) -> dict[str, float]:
-    """Decoding thresholds at which the model plays like the real accompaniment of the same
-    melodies (`[N, 1 + K, T, P]`; pass training windows, never validation):
+                       onsets: np.ndarray, *, seed: int = 0) -> dict[str, Any]:
+    """Decoding thresholds, track by track, at which the model plays like the real
+    accompaniment of the same melodies (`[N, 1 + K, T, P]`; pass training windows, never
+    validation). For each track:
 
-    - `threshold`: the share of steps at which each voice sounds matches the data's;
-    - `onset_threshold` (given that): the number of notes matches, since the onset
+    - `threshold`: the share of steps at which the track sounds matches the data's;
+    - `hold_threshold` (chord tracks, given that): how long their notes run, matched to
+      the data's share of qualified notes (QN);
+    - `onset_threshold` (given those): the number of notes matches, since the onset
       threshold sets how readily a held pitch is struck again.
 
-    - `hold_threshold` (models with chord tracks): how long their notes run, matched to
-      the data's share of qualified notes (QN) on the same training windows.
-
-    All match the training data, never the metrics reported on validation."""
+    All match the training data, never the metrics reported on validation. Returns the
+    spec fields to set: `tracks` (each with its thresholds) and, for display and for a
+    user's `--threshold`, the model-level median of the tracks' note thresholds."""
+    batches = range(0, len(frames), 256)
     probs = [generate(frames[i:i + 256, 0].astype(np.float32),
                       np.random.default_rng(seed + i).standard_normal((len(frames[i:i + 256]), spec.z_dim)).astype(np.float32))
-             for i in range(0, len(frames), 256)]
+             for i in batches]
     frame_p = np.concatenate([p for p, _ in probs])
     onset_p = np.concatenate([q for _, q in probs])
+    min_steps = qn_min_steps(spec.steps_per_beat)
+    tracks = list(spec.tracks)
+    for k, track in enumerate(tracks):
+        real_f, real_o = frames[:, 1 + k], onsets[:, 1 + k]
 
-    def decoded(trial: GeneratorSpec):
-        out = [binarise(frame_p[i], onset_p[i], trial) for i in range(len(frame_p))]
-        return np.stack([f for f, _ in out]), np.stack([o for _, o in out])
+        def decoded(trial, k=k):
+            """This track alone, decoded with `trial`'s settings: bool `[N, T, P]` twice."""
+            alone = replace(spec, tracks=(trial,))
+            out = [binarise(frame_p[i, k:k + 1], onset_p[i, k:k + 1], alone) for i in range(len(frame_p))]
+            return np.stack([f[0] for f, _ in out]), np.stack([o[0] for _, o in out])
 
-    real_coverage = float(frames[:, 1:].any(axis=-1).mean())
-    threshold = _closest(THRESHOLDS, lambda c: float(decoded(replace(spec, threshold=c))[0].any(axis=-1).mean()),
-                         real_coverage)
-    spec = replace(spec, threshold=threshold)
-    chosen: dict[str, float | None] = {"threshold": threshold}
-    chords = [1 + k for k, t in enumerate(spec.tracks) if not t.monophonic and not t.is_drum]
-    if chords:
-        # How long the chord tracks' notes are: the hold that gives their notes the data's
-        # qualified-note rate (QN) on these training windows.
-        min_steps = qn_min_steps(spec.steps_per_beat)
-        real_qn = notes_qualified(frames[:, chords], onsets[:, chords], spec, min_steps)
-        holds = [None] + [round(threshold * r, 3) for r in HOLD_RATIOS]
-        hold = _closest(holds, lambda h: notes_qualified(*[x[:, [c - 1 for c in chords]] for x in
-                                                         decoded(replace(spec, hold_threshold=h))], spec, min_steps),
-                        real_qn)
-        spec = replace(spec, hold_threshold=hold)
-        chosen["hold_threshold"] = hold
-    real_notes = count_notes(frames[:, 1:], onsets[:, 1:])
-    onset_threshold = _closest(
-        ONSET_THRESHOLDS,
-        lambda c: count_notes(*decoded(replace(spec, onset_threshold=c))),
-        real_notes,
-    )
-    return {**chosen, "onset_threshold": onset_threshold}
+        track = replace(track, threshold=_closest(
+            THRESHOLDS, lambda c: float(decoded(replace(track, threshold=c))[0].any(axis=-1).mean()),
+            float(real_f.any(axis=-1).mean())))
+        if not track.monophonic and not track.is_drum:
+            holds = [None] + [round(track.threshold * r, 3) for r in HOLD_RATIOS]
+            track = replace(track, hold_threshold=_closest(
+                holds, lambda h: notes_qualified(*decoded(replace(track, hold_threshold=h)), spec, min_steps),
+                notes_qualified(real_f, real_o, spec, min_steps)))
+        track = replace(track, onset_threshold=_closest(
+            ONSET_THRESHOLDS, lambda c: count_notes(*decoded(replace(track, onset_threshold=c))),
+            count_notes(real_f, real_o)))
+        tracks[k] = track
+    return {"tracks": tuple(tracks), "threshold": float(np.median([t.threshold for t in tracks]))}
 
 
 def notes_qualified(frames: np.ndarray, onsets: np.ndarray, spec: GeneratorSpec, min_steps: int) -> float:
