@@ -164,6 +164,8 @@ def binarise(
     """
     rng = np.random.default_rng(sample_seed) if sample_seed is not None else None
     levels = [track_thresholds(spec, track, threshold) for track in spec.tracks]
+    if any(t.rest_threshold is not None for t in spec.tracks):
+        frames = rest_bars(frames, spec)
     out_frames = np.zeros(frames.shape, dtype=bool)
     out_onsets = np.zeros(frames.shape, dtype=bool)
     voices = [k for k, track in enumerate(spec.tracks) if track.monophonic]
@@ -182,6 +184,23 @@ def binarise(
         elif rng is not None:  # voice by voice, so that a seed draws in the same order
             _read_voices(frames[k:k + 1], onsets[k:k + 1], note, onset, [k], out_frames, out_onsets, rng)
     return out_frames, out_onsets
+
+
+def rest_bars(frames: np.ndarray, spec: GeneratorSpec) -> np.ndarray:
+    """Frame probabilities `[K, T, P]` (T from a barline) with each track's rest bars
+    zeroed: bars where no cell reaches the track's `rest_threshold`. A band member sits
+    out a bar the model barely wants them in, as often as they sat out in the data,
+    instead of playing its faintest guess."""
+    out = frames.copy()
+    bar = spec.steps_per_bar
+    n_steps = frames.shape[1]
+    for k, track in enumerate(spec.tracks):
+        if track.rest_threshold is None:
+            continue
+        for start in range(0, n_steps, bar):
+            if frames[k, start:start + bar].max(initial=0.0) < track.rest_threshold:
+                out[k, start:start + bar] = 0.0
+    return out
 
 
 def track_thresholds(spec: GeneratorSpec, track, threshold: float | None = None

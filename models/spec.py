@@ -51,6 +51,9 @@ class TrackSpec:
     threshold: float | None = None
     onset_threshold: float | None = None
     hold_threshold: float | None = None
+    # A bar in which the track's likeliest cell stays under this is a rest for the track
+    # (None: no such gate). Calibrated so the track rests as often as in the data.
+    rest_threshold: float | None = None
 
     @property
     def playable_range(self) -> tuple[int, int]:
@@ -173,7 +176,7 @@ class GeneratorSpec:
             if value is not None and (not isinstance(value, (int, float)) or not 0 <= value <= 1):
                 problems.append(f"{label} must be a number in 0..1, not {value!r}")
         for track in self.tracks:
-            for value in (track.threshold, track.onset_threshold, track.hold_threshold):
+            for value in (track.threshold, track.onset_threshold, track.hold_threshold, track.rest_threshold):
                 if value is not None and (not isinstance(value, (int, float)) or not 0 <= value <= 1):
                     problems.append(f"track {track.name!r} has a threshold {value!r} outside 0..1")
             low_high = track.pitch_range

@@ -144,11 +144,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             if args.onset_threshold is not None:
                 chosen["onset_threshold"] = args.onset_threshold
         chosen["tracks"] = tracks
-        print(f"decoding calibrated on {len(calibration)} training windows (note / hold / onset threshold: "
-              "how much, how long and how often each track plays in the data):")
+        print(f"decoding calibrated on {len(calibration)} training windows (note / rest / hold / onset "
+              "threshold: how much, in how many bars, how long and how often each track plays in the data):")
         for t in tracks:
             print(f"  {t.name:12s} {'one note at a time' if t.monophonic else 'chords':18s} "
-                  f"{t.threshold} / {t.hold_threshold} / {t.onset_threshold}")
+                  f"{t.threshold} / {t.rest_threshold} / {t.hold_threshold} / {t.onset_threshold}")
         return chosen
 
     if not args.no_evaluate:

@@ -191,7 +191,8 @@ def count_notes(frames: np.ndarray, onsets: np.ndarray) -> int:
 
 
 THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
-ONSET_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+ONSET_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)  # 1.0: never restruck
+REST_RATIOS = (1.25, 1.5, 2.0, 3.0)  # rest thresholds tried, as multiples of the note threshold
 HOLD_RATIOS = (0.8, 0.6, 0.4, 0.25)  # hold thresholds tried, as fractions of the note threshold
 
 
@@ -208,10 +209,11 @@ def calibrate_decoding(generate: GenerateFn, spec: GeneratorSpec, frames: np.nda
     validation). For each track:
 
     - `threshold`: the share of steps at which the track sounds matches the data's;
-    - `hold_threshold` (chord tracks, given that): how long their notes run, matched to
-      the data's share of qualified notes (QN);
+    - `rest_threshold` (given that): the share of bars in which the track rests (EB);
     - `onset_threshold` (given those): the number of notes matches, since the onset
-      threshold sets how readily a held pitch is struck again.
+      threshold sets how readily a held pitch is struck again;
+    - `hold_threshold` (chord tracks, given those): how long their notes run, matched to
+      the data's share of qualified notes (QN); then the onset threshold once more.
 
     All match the training data, never the metrics reported on validation. Returns the
     spec fields to set: `tracks` (each with its thresholds) and, for display and for a
@@ -236,16 +238,31 @@ def calibrate_decoding(generate: GenerateFn, spec: GeneratorSpec, frames: np.nda
         track = replace(track, threshold=_closest(
             THRESHOLDS, lambda c: float(decoded(replace(track, threshold=c))[0].any(axis=-1).mean()),
             float(real_f.any(axis=-1).mean())))
+        real_eb = empty_bars(real_f, spec.steps_per_bar)
+        rests = [None] + [min(round(track.threshold * r, 3), 0.95) for r in REST_RATIOS]
+        track = replace(track, rest_threshold=_closest(
+            rests, lambda c: empty_bars(decoded(replace(track, rest_threshold=c))[0], spec.steps_per_bar), real_eb))
+        def fit_onsets(track):
+            return replace(track, onset_threshold=_closest(
+                ONSET_THRESHOLDS, lambda c: count_notes(*decoded(replace(track, onset_threshold=c))),
+                count_notes(real_f, real_o)))
+
+        track = fit_onsets(track)
         if not track.monophonic and not track.is_drum:
+            # With restrikes already as rare as the data's, how long notes run is the hold's.
             holds = [None] + [round(track.threshold * r, 3) for r in HOLD_RATIOS]
             track = replace(track, hold_threshold=_closest(
                 holds, lambda h: notes_qualified(*decoded(replace(track, hold_threshold=h)), spec, min_steps),
                 notes_qualified(real_f, real_o, spec, min_steps)))
-        track = replace(track, onset_threshold=_closest(
-            ONSET_THRESHOLDS, lambda c: count_notes(*decoded(replace(track, onset_threshold=c))),
-            count_notes(real_f, real_o)))
+            track = fit_onsets(track)
         tracks[k] = track
     return {"tracks": tuple(tracks), "threshold": float(np.median([t.threshold for t in tracks]))}
+
+
+def empty_bars(frames: np.ndarray, steps_per_bar: int) -> float:
+    """The share of bars `[N, T, P]` (T whole bars) in which nothing sounds."""
+    n, t, p = frames.shape
+    return float((~frames.reshape(n, t // steps_per_bar, steps_per_bar * p).any(axis=-1)).mean())
 
 
 def notes_qualified(frames: np.ndarray, onsets: np.ndarray, spec: GeneratorSpec, min_steps: int) -> float:
