@@ -131,3 +131,19 @@ def test_a_hold_keeps_a_wavering_chord_note_whole():
     without = note_runs(*binarise(p, q, spec))
     held = note_runs(*binarise(p, q, replace(spec, hold_threshold=0.3)))
     assert len(without[0]) == 3 and list(held[3]) == [8]
+
+
+def test_a_rest_threshold_silences_the_bars_the_model_barely_wants():
+    """Bar 1 peaks at 0.35, bar 2 at 0.9: with a rest threshold of 0.5 only bar 2 sounds."""
+    spec = fixed_spec()
+    bar = spec.steps_per_bar
+    p = np.zeros((spec.n_tracks, 2 * bar, spec.n_pitches), dtype=np.float32)
+    p[0, :bar, 5] = 0.35
+    p[0, bar:, 5] = 0.9
+    q = np.zeros_like(p)
+    spec = replace(spec, threshold=0.3, tracks=(replace(spec.tracks[0], monophonic=False, rest_threshold=0.5),
+                                                *spec.tracks[1:]))
+    frames, _ = binarise(p, q, spec)
+    assert not frames[0, :bar].any() and frames[0, bar:, 5].all()
+    ungated = replace(spec, tracks=(replace(spec.tracks[0], rest_threshold=None), *spec.tracks[1:]))
+    assert binarise(p, q, ungated)[0][0, :, 5].all()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from dataclasses import replace
+
+from backline.models.runtime import binarise
 from backline.training.evaluation import calibrate_decoding, count_notes, meets_target
 
 from .conftest import run_backline
@@ -104,3 +107,30 @@ def test_evaluate_command_prints_the_table(tiny_model):
     qn_row = next(line for line in out.splitlines() if line.startswith("| QN |"))
     real_qn = float(qn_row.split("|")[3])
     assert 0.9 < real_qn <= 1.0
+
+
+def test_calibration_rests_a_track_in_as_many_bars_as_the_data():
+    """Bar 1 faint everywhere (0.3), bar 2 sure of two steps (0.8) and faint elsewhere
+    (0.25). The real voices sound through bar 2 and rest in bar 1: matching how much they
+    sound takes threshold 0.3, which plays bar 1 too; the rest threshold then silences it."""
+    spec = fixed_spec(monophonic=True)
+    bar = spec.steps_per_bar
+
+    def generate(melody, z):
+        frames = np.zeros((melody.shape[0], spec.n_tracks, T, P), dtype=np.float32)
+        frames[:, :, :bar, 10] = 0.3
+        frames[:, :, bar:, 10] = 0.25
+        frames[:, :, bar:bar + 2, 10] = 0.8
+        return frames, np.zeros_like(frames)
+
+    frames, onsets = real_windows(1)
+    frames[:, 1:, :bar] = False
+    onsets[:, 1:, :bar] = False
+    onsets[:, 1:, bar, 10] = True
+    chosen = calibrate_decoding(generate, spec, frames, onsets)
+    assert [t.threshold for t in chosen["tracks"]] == [0.3] * spec.n_tracks
+    assert all(t.rest_threshold is not None and 0.3 < t.rest_threshold <= 0.8 for t in chosen["tracks"])
+    calibrated = replace(spec, tracks=chosen["tracks"])
+    probs = generate(np.zeros((1, T, P), dtype=np.float32), None)
+    out, _ = binarise(probs[0][0], probs[1][0], calibrated)
+    assert not out[:, :bar].any() and out[:, bar:bar + 2, 10].all()
