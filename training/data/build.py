@@ -130,7 +130,12 @@ def path_sources(paths: Sequence[str]) -> tuple[list[Source], str, str]:
         prefix = Path(path).name + "/" if len(paths) > 1 and Path(path).is_dir() else ""
         sources += [Source(prefix + p.name, p.load) for p in find_pieces(path)]
     licences = sorted({text for fragment, text in KNOWN_LICENCES for p in paths if _holds(p, fragment)})
-    description = "MIDI from " + ", ".join(str(p) for p in paths) + ", key-normalised"
+    if len(paths) <= 3:
+        where = ", ".join(str(p) for p in paths)
+    else:  # a hand-picked list of files: say how many, and from which folders
+        folders = sorted({str(Path(p).parent) for p in paths})
+        where = f"{len(paths)} files from " + ", ".join(folders)
+    description = f"MIDI from {where}, key-normalised"
     return sources, description, "; ".join(licences) or "the licence of the files given"
 
 

@@ -25,6 +25,10 @@ SCORE_SUFFIXES = {".mxl", ".xml", ".musicxml", ".krn"}
 LICENCE = "music21 corpus (BSD-3-Clause package; the scores are public-domain editions, see music21's corpus notes)"
 
 
+# One movement in two formats is read once, from the first of these.
+FORMAT_PREFERENCE = (".mxl", ".xml", ".musicxml", ".krn")
+
+
 def quartet_paths() -> list[tuple[str, Path]]:
     """(name, path) of every score file of the quartet composers, sorted."""
     from music21 import corpus
@@ -38,18 +42,29 @@ def quartet_paths() -> list[tuple[str, Path]]:
     return sorted(out)
 
 
-class NotAQuartet(ValueError):
-    pass
+def preferred_format(path: Path) -> Path | None:
+    """The file of the same movement in a preferred format, if there is one."""
+    for suffix in FORMAT_PREFERENCE[: FORMAT_PREFERENCE.index(path.suffix)]:
+        other = path.with_suffix(suffix)
+        if other.exists():
+            return other
+    return None
 
 
 def read_quartet(path: Path) -> MidiScore:
-    """One corpus score as a four-track MidiScore (NotAQuartet if it has another part count)."""
+    """One corpus score as a four-track MidiScore; SkipPiece for another part count, or
+    for a second format of a movement that is read from its preferred one."""
     from music21 import converter, meter
 
+    from ..chorales import SkipPiece
+
+    preferred = preferred_format(path)
+    if preferred is not None:
+        raise SkipPiece("duplicate", f"the same movement as {preferred.name}")
     score = converter.parse(str(path))
     parts = list(score.parts)
     if len(parts) != 4:
-        raise NotAQuartet(f"{len(parts)} parts, not 4")
+        raise SkipPiece("not a quartet", f"{len(parts)} parts, not 4")
     signatures = []
     for ts in parts[0].flatten().getElementsByClass(meter.TimeSignature):
         signatures.append((Fraction(ts.offset), ts.numerator, ts.denominator))
