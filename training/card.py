@@ -14,7 +14,11 @@ from .evaluation import format_table, format_track_table, headline
 def card_text(spec: GeneratorSpec, parity: str) -> str:
     p = spec.provenance
     tracks = "\n".join(
-        f"| {t.name} | {t.program} | {t.channel + 1} | {'yes' if t.monophonic else 'no'} |"
+        f"| {t.name} | {t.program} | {t.channel + 1} | {'yes' if t.monophonic else 'no'} | "
+        f"{t.playable_range[0]}..{t.playable_range[1]} | {t.velocity or '='} | "
+        + " / ".join("-" if v is None else f"{v:g}" for v in
+                     (t.threshold, t.rest_threshold, t.hold_threshold, t.onset_threshold))
+        + " |"
         for t in spec.tracks
     )
     hours, rest = divmod(int(p.get("wall_time_s", 0)), 3600)
@@ -30,11 +34,15 @@ def card_text(spec: GeneratorSpec, parity: str) -> str:
         f"{spec.steps_per_beat} steps per beat, pitches {spec.lowest_pitch}..{spec.highest_pitch} "
         f"(MIDI). Key-normalised: {'yes (C major / A minor)' if spec.key_normalised else 'no'}.",
         "",
-        "| track | GM program (0-based) | MIDI channel | one note at a time |",
-        "|---|---|---|---|",
+        "| track | GM program (0-based) | MIDI channel | one note at a time | range | mean velocity | "
+        "note / rest / hold / onset threshold |",
+        "|---|---|---|---|---|---|---|",
         tracks,
         "",
-        f"Decoding: note threshold {spec.threshold}, onset threshold {spec.onset_threshold}.",
+        f"Decoding: tracks without their own thresholds use note threshold {spec.threshold} and onset "
+        f"threshold {spec.onset_threshold}; each track's were calibrated at export on training windows "
+        "(docs/MODEL_FORMAT.md). Mean velocity is the track's in the training data "
+        f"(the melody's: {spec.melody.velocity or 'not recorded'}); '=' plays as loud as the melody.",
         "",
         "## How it was made",
         "",
