@@ -73,7 +73,8 @@ def write_png(path: Path, melody_name: str, melody_notes, tracks, spec, time_sig
     numerator, denominator = time_signature
     names = [melody_name, *(t.name for t, _ in tracks)]
     title = f"{melody_name} with model {spec.name}"
-    save_roll_png(path, [(title, everything, length, numerator * 4 / denominator)], names)
+    save_roll_png(path, [(title, everything, length, numerator * 4 / denominator)], names,
+                  [False, *(t.is_drum for t, _ in tracks)])
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -23,15 +23,21 @@ SAMPLE_WINDOWS = (0, 1)  # which validation windows every checkpoint draws, alwa
 
 
 def draw_notes(ax, tracks: Sequence[Sequence[Note]], names: Sequence[str], length_beats: float,
-               beats_per_bar: float, title: str) -> None:
+               beats_per_bar: float, title: str, drums: Sequence[bool] = ()) -> None:
     """Each track's notes as bars in its own colour on one time x pitch plane; a small gap
-    at each note's end keeps repeated notes visible as separate notes."""
-    pitches = [n.pitch for notes in tracks for n in notes]
+    at each note's end keeps repeated notes visible as separate notes. Drum tracks
+    (`drums`) get a lane of their own under the lowest note, one row per drum voice, since
+    a drum map's numbers are instruments, not pitches."""
+    drums = list(drums) + [False] * (len(tracks) - len(drums))
+    pitches = [n.pitch for notes, d in zip(tracks, drums) if not d for n in notes]
+    floor = min(pitches, default=48) - 2
+    voices = sorted({n.pitch for notes, d in zip(tracks, drums) if d for n in notes})
     for k, notes in enumerate(tracks):
         colour = TRACK_COLOURS[k % len(TRACK_COLOURS)]
         for n in notes:
-            ax.broken_barh([(n.start, max(n.duration - 0.08, 0.04))], (n.pitch - 0.4, 0.8),
-                           facecolors=colour)
+            y = floor - 1 - voices.index(n.pitch) if drums[k] else n.pitch
+            width = 0.12 if drums[k] else max(n.duration - 0.08, 0.04)
+            ax.broken_barh([(n.start, width)], (y - 0.4, 0.8), facecolors=colour)
         ax.plot([], [], color=colour, linewidth=5, label=names[k])  # legend entry
     bar = 0.0
     while bar <= length_beats + 1e-9:
@@ -39,7 +45,7 @@ def draw_notes(ax, tracks: Sequence[Sequence[Note]], names: Sequence[str], lengt
         bar += beats_per_bar
     for beat in range(int(length_beats) + 1):
         ax.axvline(beat, color="#e5e5e5", linewidth=0.4, zorder=0)
-    ax.set_ylim(min(pitches, default=48) - 2, max(pitches, default=84) + 2)
+    ax.set_ylim(floor - 1 - len(voices) - 0.5 if voices else floor, max(pitches, default=84) + 2)
     ax.set_xlim(0, length_beats)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("beat")
@@ -49,14 +55,15 @@ def draw_notes(ax, tracks: Sequence[Sequence[Note]], names: Sequence[str], lengt
 Panel = tuple[str, Sequence[Sequence[Note]], float, float]  # title, tracks, beats, beats/bar
 
 
-def save_roll_png(path: Path, panels: Sequence[Panel], names: Sequence[str]) -> None:
-    """One piano roll per panel, stacked."""
+def save_roll_png(path: Path, panels: Sequence[Panel], names: Sequence[str], drums: Sequence[bool] = ()) -> None:
+    """One piano roll per panel, stacked, the legend above them (never over a note).
+    `drums`: which of `names` are drum tracks (drawn in a lane of their own)."""
     longest = max(beats for _, _, beats, _ in panels)
     width = min(24.0, max(10.0, longest / 6))  # long pieces get a wider picture
-    fig, axes = plt.subplots(len(panels), 1, figsize=(width, 2.6 * len(panels)), squeeze=False)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, 2.6 * len(panels) + 0.4), squeeze=False)
     for ax, (title, tracks, beats, beats_per_bar) in zip(axes[:, 0], panels):
-        draw_notes(ax, tracks, names, beats, beats_per_bar, title)
-    axes[0, 0].legend(loc="upper right", fontsize=7, ncol=len(names))
+        draw_notes(ax, tracks, names, beats, beats_per_bar, title, drums)
+    axes[0, 0].legend(loc="lower center", bbox_to_anchor=(0.5, 1.12), fontsize=7, ncol=len(names), frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -83,7 +90,7 @@ def write_sample(generator, spec: GeneratorSpec, val_set: "ChoraleDataset", stem
     for j, i in enumerate(idx):
         beats_per_bar = val_set.steps_per_bar[i] / spec.steps_per_beat
         melody = notes(real[j, 0], val_set.onsets[i, 0])
-        panels.append((f"validation window {i}: real chorale",
+        panels.append((f"validation window {i}: real",
                        [notes(real[j, k], val_set.onsets[i, k]) for k in range(real.shape[1])],
                        window_beats, beats_per_bar))
         generated = [notes(gen_f[j, k], gen_o[j, k]) for k in range(spec.n_tracks)]
@@ -94,7 +101,7 @@ def write_sample(generator, spec: GeneratorSpec, val_set: "ChoraleDataset", stem
         melody_notes += [n._replace(start=n.start + offset) for n in melody]
         for k, track in enumerate(generated):
             track_notes[k] += [n._replace(start=n.start + offset) for n in track]
-    save_roll_png(stem.with_suffix(".png"), panels, names)
+    save_roll_png(stem.with_suffix(".png"), panels, names, [False, *(t.is_drum for t in spec.tracks)])
     write_midi(stem.with_suffix(".mid"), (spec.melody, melody_notes),
                list(zip(spec.tracks, track_notes)))
 
