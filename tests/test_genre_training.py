@@ -30,8 +30,8 @@ from backline.training.data.genres import DRUM_PITCHES, GENRES
 from backline.training.data.melody import choose_melody, split_top_line
 
 from .conftest import run_backline
+from .debian_music import openmsx
 
-OPENMSX = Path("/usr/share/games/openttd/baseset/openmsx")
 # Five short songs: 148 training windows, and careless_perc (39 windows) for validation.
 SONGS = ("coconut_run2.mid", "ultimate_run.mid", "train_filled_with_cash.mid", "ttsong_iv_imuh3.mid",
          "careless_perc_redfarn.mid")
@@ -43,12 +43,6 @@ LOSSES = ("loss_d", "wasserstein", "gp", "loss_g", "recon")
 WIDTHS = (4, 8, 16, 32)
 
 
-def openmsx(name: str) -> Path:
-    path = OPENMSX / name
-    if not path.exists():
-        pytest.fail(f"{path} is missing; install the Debian package openttd-openmsx "
-                    "(apt-get install openttd-openmsx)", pytrace=False)
-    return path
 
 
 def missing(value) -> bool:

@@ -31,8 +31,8 @@ from backline.training.data.pieces import convert_score
 from backline.training.data.windows import split_by_piece, validation_keys, windows_from_pieces
 
 from .conftest import run_backline
+from .debian_music import openmsx
 
-OPENMSX = Path("/usr/share/games/openttd/baseset/openmsx")
 POP, SYMPHONY = GENRES["pop"], GENRES["symphony"]
 C_MAJOR = {0, 2, 4, 5, 7, 9, 11}
 # Six short openmsx songs; ttsong_iii has two segments (a 2/4 bar splits it).
@@ -40,12 +40,6 @@ SHORT_SONGS = ("coconut_run2.mid", "ultimate_run.mid", "train_filled_with_cash.m
                "careless_perc_redfarn.mid", "ttsong_iii_imuh3.mid")
 
 
-def openmsx(name: str) -> Path:
-    path = OPENMSX / name
-    if not path.exists():
-        pytest.fail(f"{path} is missing; install the Debian package openttd-openmsx "
-                    "(apt-get install openttd-openmsx)", pytrace=False)
-    return path
 
 
 @pytest.fixture(autouse=True)

@@ -30,32 +30,19 @@ from backline.training.sources import (
     read_lpd,
     read_wad_music,
 )
+from .debian_music import freedm, openmsx, simutrans
 
-OPENMSX = Path("/usr/share/games/openttd/baseset/openmsx")
-SIMUTRANS = Path("/usr/share/games/simutrans/music")
-DOOM = Path("/usr/share/games/doom")
 FREEDM_MIDI_LUMPS = 35
 # The two simutrans-data songs with key signatures mido cannot decode (sf -1, mode 255).
 BAD_KEY_SONGS = ("05-Boring-afternoon.mid", "30-On-the-waterfront.mid")
 
 
-def _need(path: Path, package: str) -> Path:
-    if not path.exists():
-        pytest.fail(f"{path} is missing; install the Debian package {package} "
-                    f"(apt-get install {package})", pytrace=False)
-    return path
 
 
-def openmsx(name: str) -> Path:
-    return _need(OPENMSX / name, "openttd-openmsx")
 
 
-def simutrans(name: str) -> Path:
-    return _need(SIMUTRANS / name, "simutrans-data")
 
 
-def freedm() -> Path:
-    return _need(DOOM / "freedm.wad", "freedm")
 
 
 def _one_line_error(excinfo: pytest.ExceptionInfo, cls: type) -> str:

@@ -468,31 +468,9 @@ def windows_from_pieces(
     pieces: Sequence[PieceRolls], window_steps: int = WINDOW_STEPS, info: dict | None = None
 ) -> ChoraleDataset:
     """Cut every piece into windows starting on each barline (hop = one bar)."""
-    frames, onsets, index, spb, starts = [], [], [], [], []
-    for i, piece in enumerate(pieces):
-        if window_steps % piece.steps_per_bar:
-            raise ValueError(
-                f"{piece.name}: a {window_steps}-step window is not whole bars of "
-                f"{piece.steps_per_bar} steps"
-            )
-        for start in piece.window_starts(window_steps):
-            frames.append(piece.frames[:, start : start + window_steps])
-            onsets.append(piece.onsets[:, start : start + window_steps])
-            index.append(i)
-            spb.append(piece.steps_per_bar)
-            starts.append(start)
-    n_tracks = len(TRACK_NAMES)
-    empty = np.zeros((0, n_tracks, window_steps, N_PITCHES), dtype=bool)
-    return ChoraleDataset(
-        frames=np.stack(frames) if frames else empty,
-        onsets=np.stack(onsets) if onsets else empty.copy(),
-        piece_index=np.asarray(index, dtype=np.int64),
-        steps_per_bar=np.asarray(spb, dtype=np.int64),
-        piece_names=[p.name for p in pieces],
-        piece_modes=[p.key_mode for p in pieces],
-        window_start=np.asarray(starts, dtype=np.int64),
-        info=dict(info or {}),
-    )
+    from .data.windows import windows_from_pieces as cut
+
+    return cut(pieces, window_steps, len(TRACK_NAMES), info)
 
 
 def split_dataset(

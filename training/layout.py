@@ -36,18 +36,24 @@ def bach_spec(
         TrackSpec(t.name, t.program, t.channel, t.is_drum, bool(mono))
         for t, mono in zip(BACH_TRACKS, monophonic)
     )
-    steps_per_bar = BACH_BEATS_PER_BAR * net.steps_per_beat
+    description = ("Four-part chorale harmony after J. S. Bach: give it a soprano line, it adds "
+                   "alto, tenor and bass (played as a string quartet).")
+    return _spec(net, "bach", description, BACH_MELODY, tracks, BACH_BEATS_PER_BAR, lowest_pitch=lowest_pitch,
+                 melody_range=melody_range, name=name, threshold=threshold, provenance=provenance, metrics=metrics)
+
+
+def _spec(net: NetConfig, genre: str, description: str, melody: TrackSpec, tracks: tuple[TrackSpec, ...],
+          beats_per_bar: int, *, lowest_pitch: int, melody_range: tuple[int, int], name: str, threshold: float,
+          provenance: dict[str, Any] | None, metrics: dict[str, Any] | None) -> GeneratorSpec:
+    """A key-normalised model's spec: the grid from the network, the rest as given."""
     return GeneratorSpec(
         name=name,
-        genre="bach",
-        description=(
-            "Four-part chorale harmony after J. S. Bach: give it a soprano line, it adds "
-            "alto, tenor and bass (played as a string quartet)."
-        ),
-        melody=BACH_MELODY,
+        genre=genre,
+        description=description,
+        melody=melody,
         tracks=tracks,
-        bars=net.window_steps // steps_per_bar,
-        beats_per_bar=BACH_BEATS_PER_BAR,
+        bars=net.window_steps // (beats_per_bar * net.steps_per_beat),
+        beats_per_bar=beats_per_bar,
         steps_per_beat=net.steps_per_beat,
         lowest_pitch=lowest_pitch,
         n_pitches=net.n_pitches,
@@ -94,23 +100,6 @@ def genre_spec(
 
     tracks = tuple(replace(role.track, monophonic=bool(mono), velocity=level(role.key))
                    for role, mono in zip(genre.roles, monophonic))
-    steps_per_bar = genre.beats_per_bar * net.steps_per_beat
-    return GeneratorSpec(
-        name=name or genre.name,
-        genre=genre.name,
-        description=genre.description,
-        melody=replace(genre.melody, velocity=level("melody")),
-        tracks=tracks,
-        bars=net.window_steps // steps_per_bar,
-        beats_per_bar=genre.beats_per_bar,
-        steps_per_beat=net.steps_per_beat,
-        lowest_pitch=lowest_pitch,
-        n_pitches=net.n_pitches,
-        z_dim=net.z_dim,
-        threshold=threshold,
-        onset_threshold=0.5,
-        key_normalised=True,
-        melody_range=melody_range,
-        provenance=provenance or {},
-        metrics=metrics or {},
-    )
+    return _spec(net, genre.name, genre.description, replace(genre.melody, velocity=level("melody")), tracks,
+                 genre.beats_per_bar, lowest_pitch=lowest_pitch, melody_range=melody_range,
+                 name=name or genre.name, threshold=threshold, provenance=provenance, metrics=metrics)

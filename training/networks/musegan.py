@@ -76,7 +76,7 @@ import torch
 from torch import nn
 
 from .config import NetConfig
-from .unet import _conv_block, _grid_channels
+from .layers import conv_block, down_path, grid_channels
 
 ARCHITECTURE = "musegan-onset-v1"
 
@@ -105,7 +105,7 @@ def _check(config: NetConfig) -> None:
 
 def _bar_grid(config: NetConfig) -> torch.Tensor:
     """[bars, 2, steps_per_bar, P]: the window's grid channels cut into bars."""
-    grid = _grid_channels(config)
+    grid = grid_channels(config)
     return grid.view(2, config.bars, config.steps_per_bar, config.n_pitches).transpose(0, 1).contiguous()
 
 
@@ -127,16 +127,7 @@ class MuseGANGenerator(nn.Module):
         self.register_buffer("grid", _bar_grid(config), persistent=False)
 
         # 1. Melody encoder (shared across bars).
-        self.stem = _conv_block(3, widths[0], norm=True)
-        self.down = nn.ModuleList(
-            nn.Sequential(
-                nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1),
-                nn.BatchNorm2d(widths[i + 1]),
-                nn.LeakyReLU(0.2),
-                _conv_block(widths[i + 1], widths[i + 1], norm=True),
-            )
-            for i in range(levels - 1)
-        )
+        self.stem, self.down = down_path(widths)
         self.bottom_shape = (config.steps_per_bar >> (levels - 1), config.n_pitches >> (levels - 1))
         bottom = bar_width * self.bottom_shape[0] * self.bottom_shape[1]
         self.embed = nn.Sequential(nn.Flatten(), nn.Linear(bottom, bar_width), nn.LeakyReLU(0.2))
@@ -162,14 +153,14 @@ class MuseGANGenerator(nn.Module):
 
         # 3. Shared trunk: bar latent -> bottom map, merged with the melody, then up.
         self.latent_map = nn.Linear(bar_width, bottom // bar_width * half)
-        self.merge = _conv_block(bar_width + half, bar_width, norm=True)
+        self.merge = conv_block(bar_width + half, bar_width, norm=True)
         self.up = nn.ModuleList(
             nn.ConvTranspose2d(widths[i + 1], widths[i], 4, stride=2, padding=1)
             for i in reversed(range(levels - 1))
         )
         # Fuse with the skip at every level but the full one (the private branches do that).
         self.fuse = nn.ModuleList(
-            _conv_block(widths[i] * 2, widths[i], norm=True) for i in reversed(range(1, levels - 1))
+            conv_block(widths[i] * 2, widths[i], norm=True) for i in reversed(range(1, levels - 1))
         )
 
         # Private per-track branches at full resolution.
@@ -273,7 +264,7 @@ class MuseGANCritic(nn.Module):
         _check(config)
         self.config = config
         widths = config.widths
-        self.register_buffer("grid", _grid_channels(config), persistent=False)
+        self.register_buffer("grid", grid_channels(config), persistent=False)
         c_in = 1 + 2 * config.n_tracks + 2
         # Bar-level view, shared across bars.
         layers: list[nn.Module] = [nn.Conv2d(c_in, widths[0], 3, padding=1), nn.LeakyReLU(0.2)]

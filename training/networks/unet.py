@@ -24,25 +24,9 @@ import torch
 from torch import nn
 
 from .config import NetConfig
+from .layers import conv_block, down_path, grid_channels
 
 ARCHITECTURE = "unet-onset-v1"
-
-
-def _grid_channels(config: NetConfig) -> torch.Tensor:
-    """[2, time, pitch]: pitch height in [-1, 1] and phase within the beat in [-1, 1]."""
-    pitch = torch.linspace(-1.0, 1.0, config.n_pitches).expand(config.window_steps, -1)
-    phase = (torch.arange(config.window_steps) % config.steps_per_beat).float()
-    phase = (phase / max(config.steps_per_beat - 1, 1)) * 2.0 - 1.0
-    phase = phase[:, None].expand(-1, config.n_pitches)
-    return torch.stack([pitch, phase])
-
-
-def _conv_block(c_in: int, c_out: int, norm: bool) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1)]
-    if norm:
-        layers.append(nn.BatchNorm2d(c_out))
-    layers.append(nn.LeakyReLU(0.2))
-    return nn.Sequential(*layers)
 
 
 class UNetGenerator(nn.Module):
@@ -50,28 +34,19 @@ class UNetGenerator(nn.Module):
         super().__init__()
         self.config = config
         widths = config.widths
-        self.register_buffer("grid", _grid_channels(config), persistent=False)
-        self.stem = _conv_block(3, widths[0], norm=True)
-        self.down = nn.ModuleList(
-            nn.Sequential(
-                nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1),
-                nn.BatchNorm2d(widths[i + 1]),
-                nn.LeakyReLU(0.2),
-                _conv_block(widths[i + 1], widths[i + 1], norm=True),
-            )
-            for i in range(config.levels - 1)
-        )
+        self.register_buffer("grid", grid_channels(config), persistent=False)
+        self.stem, self.down = down_path(widths)
         bottom_t = config.window_steps >> (config.levels - 1)
         bottom_p = config.n_pitches >> (config.levels - 1)
         self.bottom_shape = (bottom_t, bottom_p)
         self.z_map = nn.Linear(config.z_dim, widths[-1] * bottom_t * bottom_p)
-        self.merge = _conv_block(widths[-1] * 2, widths[-1], norm=True)
+        self.merge = conv_block(widths[-1] * 2, widths[-1], norm=True)
         self.up = nn.ModuleList(
             nn.ConvTranspose2d(widths[i + 1], widths[i], 4, stride=2, padding=1)
             for i in reversed(range(config.levels - 1))
         )
         self.fuse = nn.ModuleList(
-            _conv_block(widths[i] * 2, widths[i], norm=True)
+            conv_block(widths[i] * 2, widths[i], norm=True)
             for i in reversed(range(config.levels - 1))
         )
         self.head = nn.Conv2d(widths[0], 2 * config.n_tracks, 1)
@@ -108,7 +83,7 @@ class Critic(nn.Module):
         super().__init__()
         self.config = config
         widths = config.widths
-        self.register_buffer("grid", _grid_channels(config), persistent=False)
+        self.register_buffer("grid", grid_channels(config), persistent=False)
         c_in = 1 + 2 * config.n_tracks + 2
         layers: list[nn.Module] = [nn.Conv2d(c_in, widths[0], 3, padding=1), nn.LeakyReLU(0.2)]
         for i in range(config.levels - 1):
