@@ -40,3 +40,12 @@ def down_path(widths: tuple[int, ...]) -> tuple[nn.Sequential, nn.ModuleList]:
         for i in range(len(widths) - 1)
     )
     return stem, down
+
+
+def critic_layers(c_in: int, widths: tuple[int, ...]) -> list[nn.Module]:
+    """The critic's strided convolutions, no normalisation (WGAN-GP needs per-sample
+    gradients): full resolution, then each level halving time and pitch."""
+    layers: list[nn.Module] = [nn.Conv2d(c_in, widths[0], 3, padding=1), nn.LeakyReLU(0.2)]
+    for i in range(len(widths) - 1):
+        layers += [nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+    return layers

@@ -76,7 +76,7 @@ import torch
 from torch import nn
 
 from .config import NetConfig
-from .layers import conv_block, down_path, grid_channels
+from .layers import conv_block, critic_layers, down_path, grid_channels
 
 ARCHITECTURE = "musegan-onset-v1"
 
@@ -267,9 +267,7 @@ class MuseGANCritic(nn.Module):
         self.register_buffer("grid", grid_channels(config), persistent=False)
         c_in = 1 + 2 * config.n_tracks + 2
         # Bar-level view, shared across bars.
-        layers: list[nn.Module] = [nn.Conv2d(c_in, widths[0], 3, padding=1), nn.LeakyReLU(0.2)]
-        for i in range(config.levels - 1):
-            layers += [nn.Conv2d(widths[i], widths[i + 1], 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        layers = critic_layers(c_in, widths)
         width = widths[-1]
         bottom = (config.steps_per_bar >> (config.levels - 1)) * (config.n_pitches >> (config.levels - 1))
         layers += [nn.Flatten(), nn.Linear(width * bottom, width), nn.LeakyReLU(0.2)]
