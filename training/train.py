@@ -256,12 +256,13 @@ def torch_generate_fn(generator: nn.Module):
     return generate
 
 
-MONOPHONIC_SHARE = 0.05
+MONOPHONIC_SHARE = 0.10
 
 
 def monophonic_tracks(frames: np.ndarray, drums: "list[bool] | None" = None) -> list[bool]:
-    """A track is read one note at a time when under 5 % of its sounding steps hold two or
-    more pitches (a chorale voice: 0 %; a bass line with the odd double stop: 3 %).
+    """A track is read one note at a time when under 10 % of its sounding steps hold two or
+    more pitches (a chorale voice: 0 %; bass lines with the odd double stop or overlap: 3 %
+    in simutrans' songs, 7 % in Freedoom's; chord instruments: well over 10 %).
     Drum tracks (`drums`) never are: a kick and a hi-hat sound together."""
     out = []
     for k in range(1, frames.shape[1]):
