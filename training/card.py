@@ -50,7 +50,9 @@ def card_text(spec: GeneratorSpec, parity: str) -> str:
         f"- data: {p.get('dataset', '')}; {p.get('train_windows')} training windows, "
         f"{p.get('validation_windows')} validation windows (split by piece)",
         f"- data licence: {p.get('licence', 'not recorded')} (the code is MIT; this model file "
-        "is derived from that data)",
+        "is derived from that data)"
+        + (". **This model is trained on GPL-licensed music**: treat the file as a derivative of it, "
+           "and prefer another model where that matters to you" if "GPL" in str(p.get("licence", "")) else ""),
         f"- architecture: {p.get('architecture')}",
         f"- epochs: {p.get('epochs')} (incl. warm-up), learning rate {p.get('learning_rate')}, "
         f"update ratio {p.get('update_ratio')}, batch size {p.get('batch_size')}, "
