@@ -205,7 +205,8 @@ def test_good_input_still_works(tiny_model, tmp_path):
 def test_a_very_low_melody_gives_no_notes_outside_midi(tmp_path):
     """Regression: a melody moved up by several octaves into the model's range moves the
     accompaniment back down by as much, below MIDI pitch 0; writing such notes crashed
-    with mido's 'data byte must be in range 0..127'. They are left out instead."""
+    with mido's 'data byte must be in range 0..127'. Now every part is moved by octaves
+    into its instrument's range (models/voicing.py), so they come back playable."""
     from backline.models.midi import read_midi
 
     from .fake_models import write_fixed_model
@@ -219,5 +220,12 @@ def test_a_very_low_melody_gives_no_notes_outside_midi(tmp_path):
     assert "Traceback" not in result.stderr
     score = read_midi(out)
     assert [n.pitch for n in score.tracks[0].notes] == [10, 11, 12, 10, 11, 12, 10, 11]
-    # Moved up 60 semitones, 48 and 55 come back as -12 and -5: nothing to play.
-    assert len(score.tracks) == 1
+    # Moved up 60 semitones, 48 and 55 come back as -12 and -5; the decoder folds them by
+    # octaves into the instruments' ranges (programs 32 and 48 here).
+    from backline.models.instruments import playable_range
+
+    accompaniment = score.tracks[1:]
+    assert accompaniment and all(t.notes for t in accompaniment)
+    for track in accompaniment:
+        low, high = playable_range(track.program)
+        assert all(low <= n.pitch <= high for n in track.notes), (track.name, [n.pitch for n in track.notes])

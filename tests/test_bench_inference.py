@@ -61,11 +61,18 @@ def test_the_rebuild_takes_every_weight_from_the_onnx_file(tiny_checkpoint, tiny
             assert float((a - b).abs().max()) < 1e-4
 
 
-def test_a_model_that_is_not_the_unet_is_refused(tmp_path):
+def test_a_model_not_built_by_training_networks_is_refused(tmp_path):
     path = tmp_path / "fixed.onnx"
     spec = write_fixed_model(path)
-    with pytest.raises(bench_inference.RebuildError, match="not a U-Net generator"):
+    with pytest.raises(bench_inference.RebuildError, match="not a generator of training/networks"):
         bench_inference.rebuild_torch_generator(path, spec)
+
+
+def test_a_musegan_model_is_rebuilt_as_the_same_network():
+    """The shipped pop model (MuseGAN, drums masked): PyTorch rebuilt from its ONNX weights
+    gives ONNX Runtime's probabilities."""
+    result = bench_inference.compare_ort_torch("pop", "cpu", batches=(1,), runs=2)
+    assert result["available"] and result["max_abs_diff"] < 1e-4
 
 
 def test_without_torch_the_comparison_says_why(tiny_model, monkeypatch):

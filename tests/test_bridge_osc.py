@@ -34,13 +34,18 @@ from .fake_models import write_fixed_model
 MELODY_30 = [Note(68 + (i % 5), float(i), 1.0) for i in range(30)]  # centred on the trained range
 
 
+# The band follows the melody's dynamics (models/voicing.py): these melodies play at
+# velocity 100, and every note here starts on a downbeat (accent 1.1).
+ACCENTED = 110
+
+
 def held(length: float) -> list[Note]:
-    return [Note(48, 0.0, length, 90)]
+    return [Note(48, 0.0, length, ACCENTED)]
 
 
 def restruck(length: float) -> list[Note]:
     starts = range(0, math.ceil(length), 8)
-    return [Note(55, float(s), min(8.0, length - s), 90) for s in starts]
+    return [Note(55, float(s), min(8.0, length - s), ACCENTED) for s in starts]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -298,8 +303,8 @@ def test_oscsend_session_is_answered_to_oscdump(fixed_model, tmp_path):
             '/backline/accomp/track sisiii "c1" 0 "Held" 32 1 0',
             '/backline/accomp/track sisiii "c1" 1 "Restruck" 48 2 0',
             '/backline/accomp/track sisiii "c1" 2 "Silent" 0 3 0',
-            '/backline/accomp/notes siiffii "c1" 0 48 0.000000 12.000000 90 0',
-            '/backline/accomp/notes siiffiiiffii "c1" 1 55 0.000000 8.000000 90 0 55 8.000000 4.000000 90 0',
+            '/backline/accomp/notes siiffii "c1" 0 48 0.000000 12.000000 110 0',
+            '/backline/accomp/notes siiffiiiffii "c1" 1 55 0.000000 8.000000 110 0 55 8.000000 4.000000 110 0',
             '/backline/accomp/end si "c1" 3',
         ]
         osc("/backline/clip/end", "s", "c1")  # again: it is gone

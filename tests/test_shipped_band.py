@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import mido
 import pytest
 
 from backline.models import registry
@@ -25,8 +26,10 @@ GENRES = ("pop", "rock", "jazz", "symphony")
 
 
 def test_backline_models_lists_all_five():
-    names = [entry.name for entry in registry.list_models() if entry.path.parent == MODELS]
-    assert sorted(names) == ["bach", "jazz", "pop", "rock", "symphony"]
+    shipped = [entry for entry in registry.list_models() if entry.path.parent == MODELS]
+    assert sorted(entry.path.stem for entry in shipped) == ["bach", "jazz", "pop", "rock", "symphony"]
+    assert all(entry.error is None and entry.spec.name == entry.path.stem for entry in shipped)
+    assert all(entry.card is not None and entry.card.exists() for entry in shipped)
     result = run_backline("models")
     assert result.returncode == 0 and all(f"{name} " in result.stdout for name in [*GENRES, "bach"])
 
@@ -42,19 +45,23 @@ def test_accompany_writes_every_instrument_in_range_with_drums_on_channel_10(nam
     result = run_backline("accompany", ODE, "-o", out, "--model", name)
     assert result.returncode == 0, result.stderr
     spec = registry.load(name, device="cpu").spec
-    score = read_midi(out)
-    by_name = {t.name: t for t in score.tracks}
-    for track in spec.tracks:
-        written = by_name.get(track.name)
-        assert written is not None, f"{name}: no {track.name} track in {list(by_name)}"
+    # Every instrument has its track, named and on its channel, even one that rests
+    # throughout this melody (read with mido: read_midi leaves out tracks without notes).
+    names = [next((m.name for m in t if m.type == "track_name"), "") for t in mido.MidiFile(out).tracks]
+    assert [t.name for t in spec.tracks] == [n for n in names if n in {t.name for t in spec.tracks}]
+    by_name = {t.name: t for t in read_midi(out).tracks}
+    playing = [t for t in spec.tracks if t.name in by_name]
+    assert len(playing) >= 2, f"{name}: only {[t.name for t in playing]} play"
+    for track in playing:
+        written = by_name[track.name]
         assert written.channel == track.channel and written.is_drum == track.is_drum
         assert in_range(track, [n.pitch for n in written.notes]), (name, track.name)
-        if written.notes:
+        if len(written.notes) > 4:
             assert len({n.velocity for n in written.notes}) > 1, f"{name} {track.name}: one flat velocity"
     drums = [t for t in spec.tracks if t.is_drum]
     assert [t.channel for t in drums] == ([9] if name != "symphony" else [])
     if drums:
-        assert by_name[drums[0].name].notes, f"{name}: the drummer never played"
+        assert drums[0].name in by_name, f"{name}: the drummer never played"
 
 
 @pytest.fixture(scope="module")
