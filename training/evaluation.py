@@ -291,9 +291,14 @@ def format_track_table(generated: dict[str, float], real: dict[str, float], spec
                 continue
             met = meets_target(key, g, r, spec.melody.name)
             mark = "" if met is None else (" ✓" if met else " ✗")
-            cells.append(f"{g:.3f} / {r:.3f}{mark}")
+            cells.append(f"{_figure(g)} / {_figure(r)}{mark}")
         rows.append(f"| {track.name} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def _figure(value: float) -> str:
+    """A table cell: the value, or a dash where there is none (a track silent throughout)."""
+    return f"{value:.3f}" if np.isfinite(value) else "-"
 
 
 def _track_key(family: str, spec: GeneratorSpec, track) -> str:
