@@ -613,7 +613,7 @@ def measure_inference(args: argparse.Namespace) -> dict[str, Any]:
 
     try:
         return compare_ort_torch(args.model, device=args.device, runs=args.runs)
-    except RebuildError as exc:  # a model not built by training/networks.py has no PyTorch twin
+    except RebuildError as exc:  # a model not built by training/networks has no PyTorch twin
         return {"available": False, "reason": str(exc)}
 
 

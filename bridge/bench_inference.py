@@ -2,9 +2,9 @@
 or fails on speed, DESIGN.md §7).
 
 1. ONNX Runtime vs PyTorch eager on the same generator (`compare_ort_torch`): the shipped
-   model is only an ONNX file, so the PyTorch generator is rebuilt from it, the U-Net of
-   training/networks.py with the ONNX file's weights (batch norm stays folded into the
-   convolutions, as in the ONNX graph); the largest difference between the two engines'
+   model is only an ONNX file, so the PyTorch generator is rebuilt from it: the U-Net or
+   MuseGAN generator of training/networks with the ONNX file's weights (batch norm stays
+   folded into the convolutions, as in the ONNX graph); the largest difference between the two engines'
    probabilities shows that both run the same generator. Both are timed from numpy
    windows in to numpy probabilities out, with the same number of intra-op threads.
 2. I/O binding vs plain `session.run` on the same session (`compare_binding`).
@@ -34,7 +34,7 @@ SETTLE_S = 0.01  # pause before each block: longer than a thread pool's spin aft
 
 
 class RebuildError(BacklineError, RuntimeError):
-    """The ONNX file's weights do not map onto training/networks.py's UNetGenerator."""
+    """The ONNX file's weights do not map onto a generator of training/networks."""
 
 
 def _percentiles(times_ms: list[float]) -> dict[str, float]:
