@@ -50,12 +50,11 @@ def fit_range(pitch: np.ndarray, start: np.ndarray, length: np.ndarray, low: int
     return pitch
 
 
-def melody_velocity_curve(melody: Sequence[Note], n_steps: int, steps_per_beat: int, shift_beats: float = 0.0
-                          ) -> np.ndarray:
+def melody_velocity_curve(melody: Sequence[Note], n_steps: int, steps_per_beat: int) -> np.ndarray:
     """Per step: the velocity of the melody note sounding there, or of the last one before."""
     curve = np.full(n_steps, np.nan)
     for note in sorted((n for n in melody if not n.mute), key=lambda n: n.start):
-        at = int(round((note.start - shift_beats) * steps_per_beat))
+        at = int(round(note.start * steps_per_beat))
         if 0 <= at < n_steps:
             curve[at] = note.velocity
         elif at < 0:

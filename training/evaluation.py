@@ -17,7 +17,7 @@ from backline.models.notes import note_runs
 from backline.models.runtime import binarise
 from backline.models.spec import GeneratorSpec
 
-from .metrics import evaluate_multitrack, mean_over_windows, qn_min_steps
+from .metrics import empty_bar_rate, evaluate_multitrack, mean_over_windows, qn_min_steps
 
 # (melody [B, T, P] float32, z [B, z_dim] float32) -> (frame probs, onset probs) [B, K, T, P]
 GenerateFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -183,11 +183,14 @@ def format_table(generated: dict[str, float], real: dict[str, float], metrics: l
     return "\n".join(rows)
 
 
+def note_lengths(frames: np.ndarray, onsets: np.ndarray) -> np.ndarray:
+    """The length in steps of every note in rolls `[..., T, P]`, as `roll_to_notes` reads them."""
+    return note_runs(frames.reshape(-1, *frames.shape[-2:]), onsets.reshape(-1, *onsets.shape[-2:]))[3]
+
+
 def count_notes(frames: np.ndarray, onsets: np.ndarray) -> int:
     """Notes in rolls `[..., T, P]`, as `roll_to_notes` reads them."""
-    flat_f = frames.reshape(-1, *frames.shape[-2:])
-    flat_o = onsets.reshape(-1, *onsets.shape[-2:])
-    return len(note_runs(flat_f, flat_o)[0])
+    return len(note_lengths(frames, onsets))
 
 
 THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
@@ -238,10 +241,13 @@ def calibrate_decoding(generate: GenerateFn, spec: GeneratorSpec, frames: np.nda
         track = replace(track, threshold=_closest(
             THRESHOLDS, lambda c: float(decoded(replace(track, threshold=c))[0].any(axis=-1).mean()),
             float(real_f.any(axis=-1).mean())))
-        real_eb = empty_bars(real_f, spec.steps_per_bar)
+        # Windows are whole bars, so one roll of them end to end has the same bars.
+        def rests_of(f):
+            return empty_bar_rate(f.reshape(-1, f.shape[-1]), spec.steps_per_bar)
+
         rests = [None] + [min(round(track.threshold * r, 3), 0.95) for r in REST_RATIOS]
         track = replace(track, rest_threshold=_closest(
-            rests, lambda c: empty_bars(decoded(replace(track, rest_threshold=c))[0], spec.steps_per_bar), real_eb))
+            rests, lambda c: rests_of(decoded(replace(track, rest_threshold=c))[0]), rests_of(real_f)))
         def fit_onsets(track):
             return replace(track, onset_threshold=_closest(
                 ONSET_THRESHOLDS, lambda c: count_notes(*decoded(replace(track, onset_threshold=c))),
@@ -252,22 +258,16 @@ def calibrate_decoding(generate: GenerateFn, spec: GeneratorSpec, frames: np.nda
             # With restrikes already as rare as the data's, how long notes run is the hold's.
             holds = [None] + [round(track.threshold * r, 3) for r in HOLD_RATIOS]
             track = replace(track, hold_threshold=_closest(
-                holds, lambda h: notes_qualified(*decoded(replace(track, hold_threshold=h)), spec, min_steps),
-                notes_qualified(real_f, real_o, spec, min_steps)))
+                holds, lambda h: notes_qualified(*decoded(replace(track, hold_threshold=h)), min_steps),
+                notes_qualified(real_f, real_o, min_steps)))
             track = fit_onsets(track)
         tracks[k] = track
     return {"tracks": tuple(tracks), "threshold": float(np.median([t.threshold for t in tracks]))}
 
 
-def empty_bars(frames: np.ndarray, steps_per_bar: int) -> float:
-    """The share of bars `[N, T, P]` (T whole bars) in which nothing sounds."""
-    n, t, p = frames.shape
-    return float((~frames.reshape(n, t // steps_per_bar, steps_per_bar * p).any(axis=-1)).mean())
-
-
-def notes_qualified(frames: np.ndarray, onsets: np.ndarray, spec: GeneratorSpec, min_steps: int) -> float:
+def notes_qualified(frames: np.ndarray, onsets: np.ndarray, min_steps: int) -> float:
     """The share of notes at least `min_steps` long in rolls `[..., T, P]` (QN over them all)."""
-    lengths = note_runs(frames.reshape(-1, *frames.shape[-2:]), onsets.reshape(-1, *onsets.shape[-2:]))[3]
+    lengths = note_lengths(frames, onsets)
     return float((lengths >= min_steps).mean()) if len(lengths) else 0.0
 
 

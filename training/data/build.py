@@ -49,14 +49,14 @@ KNOWN_PACKAGES = (
     ("simutrans/music", "simutrans-data", "Artistic-1.0 (simutrans-data)"),
     ("openttd/baseset/openmsx", "openttd-openmsx", "GPL-2 (OpenMSX, openttd-openmsx)"),
 )
-KNOWN_LICENCES = tuple((fragment, licence) for fragment, _, licence in KNOWN_PACKAGES)
 
 
 def _holds(path: str, fragment: str) -> bool:
     """Whether `path` is inside the package folder `fragment` names, or is a folder holding it."""
-    path = str(Path(path).resolve())
-    return fragment in path or any(fragment in str(child) for child in Path(path).glob("*")) if Path(path).is_dir() \
-        else fragment in path
+    resolved = Path(path).resolve()
+    if fragment in str(resolved):
+        return True
+    return resolved.is_dir() and any(fragment in str(child) for child in resolved.glob("*"))
 
 
 def packages_of(paths: Sequence[str]) -> list[str]:
@@ -129,7 +129,7 @@ def path_sources(paths: Sequence[str]) -> tuple[list[Source], str, str]:
     for path in paths:
         prefix = Path(path).name + "/" if len(paths) > 1 and Path(path).is_dir() else ""
         sources += [Source(prefix + p.name, p.load) for p in find_pieces(path)]
-    licences = sorted({text for fragment, text in KNOWN_LICENCES for p in paths if _holds(p, fragment)})
+    licences = sorted({licence for fragment, _, licence in KNOWN_PACKAGES for p in paths if _holds(p, fragment)})
     if len(paths) <= 3:
         where = ", ".join(str(p) for p in paths)
     else:  # a hand-picked list of files: say how many, and from which folders

@@ -75,10 +75,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import NetConfig
+from .config import ARCHITECTURES, NetConfig
 from .layers import conv_block, critic_layers, down_path, grid_channels
 
-ARCHITECTURE = "musegan-onset-v1"
+ARCHITECTURE = ARCHITECTURES["musegan"]  # what a checkpoint records
 
 # Logit given to cells a drum track may never play: sigmoid(-30) ~ 1e-13.
 _NEVER = -30.0

@@ -23,10 +23,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import NetConfig
+from .config import ARCHITECTURES, NetConfig
 from .layers import conv_block, critic_layers, down_path, grid_channels
 
-ARCHITECTURE = "unet-onset-v1"
+ARCHITECTURE = ARCHITECTURES["unet"]  # what a checkpoint records
 
 
 class UNetGenerator(nn.Module):
