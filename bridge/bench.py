@@ -35,7 +35,6 @@ import inspect
 import json
 import os
 import platform
-import re
 import socket
 import subprocess
 import sys
@@ -51,10 +50,11 @@ import numpy as np
 from backline.models.errors import BacklineError
 from backline.models.notes import Note
 
+from .bench_serve import Serve
+
 CLIP_BEATS = 16.0
 WARMUP_RUNS = 5
 LATENCY_BLOCK = 20  # clips timed on one server before the next takes its turn
-SERVE_START_S = 120.0
 CLIENTS_READY_S = 180.0  # 64 Python processes starting on two busy cores take a while
 REPLY_TIMEOUT_S = 10.0
 LEVEL_WARMUP_S = 0.5  # clips in the first half second of a level are counted, not timed
@@ -109,64 +109,15 @@ def bare_call(model: str, device: str, notes: list[Note], runs: int) -> tuple[di
 # --------------------------------------------------------------------------- serve
 
 
-class _Serve:
-    """`backline serve` on a port the OS picks, stopped with SIGTERM."""
-
-    def __init__(self, model: str, device: str, *extra: str) -> None:
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="backline-bench-serve-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "backline.bridge.cli", "serve", "--model", model, "--osc-port", "0",
-             "--device", device, *_quiet_serve_options(), *extra],
-            stdout=subprocess.PIPE, stderr=self.log, text=True,
-        )
-        banner: list[str] = []
-        reader = threading.Thread(target=lambda: banner.append(self.proc.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(SERVE_START_S)
-        match = re.search(r"listening on osc\.udp://([^\s,]+):(\d+)", banner[0] if banner else "")
-        if match is None:
-            self.stop()
-            raise BacklineError(f"backline serve did not start for the benchmark: {self.errors()}")
-        self.port = int(match.group(2))
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # drain the rest
-
-    def errors(self) -> str:
-        self.log.flush()
-        lines = Path(self.log.name).read_text().strip().splitlines()
-        return lines[-1] if lines else f"exit status {self.proc.poll()}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        os.unlink(self.log.name)
-
-
-def _quiet_serve_options() -> list[str]:
-    """Serve with the clip path alone: no model watching, no MIDI ports, no live engine
-    (each option only where this version of `serve` has it)."""
-    from .cli import build_parser
-
-    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    known = {o for a in subparsers.choices["serve"]._actions for o in a.option_strings}
-    wanted = [("--no-reload",), ("--midi-api", "none"), ("--clock", "off")]
-    return [word for option in wanted if option[0] in known for word in option]
-
-
 class _Servers:
     """Several servers at once, by mode ("on": the defaults, "off": batching off, ...), so
     that every comparison between them is taken on the same machine at the same time."""
 
     def __init__(self, model: str, device: str, modes: dict[str, Sequence[str]]) -> None:
-        self.serves: dict[str, _Serve] = {}
+        self.serves: dict[str, Serve] = {}
         try:
             for mode, extra in modes.items():
-                self.serves[mode] = _Serve(model, device, *extra)
+                self.serves[mode] = Serve(model, device, *extra)
         except BaseException:
             self.stop()
             raise
@@ -654,7 +605,14 @@ PARTS = [
     Part("clients", measure_clients, format_clients),
     Part("training", measure_training, format_training),
     Part("live", measure_live, _format_live),
+    Part("delivery", lambda args: _delivery().measure_delivery(args), lambda r: _delivery().format_delivery(r)),
 ]
+
+
+def _delivery():
+    from . import bench_delivery  # it imports this module: loaded only when its part runs
+
+    return bench_delivery
 
 
 def parse_clients(text: str) -> list[int]:

@@ -27,6 +27,7 @@ from pythonosc.osc_message import OscMessage
 from backline.models.accompaniment import (MelodyError, PreparedMelody, WindowProbabilities, decode, prepare,
                                            run_windows)
 from backline.models.errors import BacklineError
+from backline.models.meter import Meter, MeterError
 from backline.models.midi import MidiError, pick_melody_track, read_midi_bytes
 from backline.models.notes import Note
 from backline.models.runtime import Generator, ModelLoadError
@@ -67,7 +68,7 @@ class ClipTask(BatchJob):
 
 
 def error_code(exc: BacklineError) -> str:
-    if isinstance(exc, (MelodyError, MidiError)):
+    if isinstance(exc, (MelodyError, MidiError, MeterError)):
         return "bad_melody"
     if isinstance(exc, (ModelLoadError, SpecError)):
         return "model"
@@ -101,14 +102,18 @@ class _Clip:
 def _checked(job: ClipJob, engine: Engine, send: Send) -> _Clip | None:
     """The clip ready for its model, or None after answering /backline/error."""
     try:
-        notes, length = job.notes, job.length_beats
+        notes, length, meter = job.notes, job.length_beats, Meter()
         if job.midi is not None:
-            melody = pick_melody_track(read_midi_bytes(job.midi, "the MIDI blob"), job.track)
-            notes, length = melody.notes, max(n.end for n in melody.notes)
+            score = read_midi_bytes(job.midi, "the MIDI blob")
+            melody = pick_melody_track(score, job.track)
+            notes, length, meter = melody.notes, max(n.end for n in melody.notes), Meter(*score.time_signature)
         generator = engine.generator(job.settings.model)
         if not any(not n.mute for n in notes):
             raise MelodyError("the clip has no (unmuted) notes to accompany; send the melody's notes first")
-        return _Clip(job, generator, prepare(generator.spec, notes), len(notes), length)
+        prepared = prepare(generator.spec, notes, meter)
+        for notice in prepared.notices:
+            log.info("clip %r: %s", job.clip_id, notice)
+        return _Clip(job, generator, prepared, len(notes), length)
     except Exception as exc:
         _report(job, send, exc)
         return None

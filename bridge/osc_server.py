@@ -2,9 +2,11 @@
 
 Replies leave from the listening socket itself, so a client that sends from a bound socket
 gets them on that socket. Nothing a peer sends can stop the loop: a datagram that is not
-OSC is logged (one line) and answered with /backline/error; handler failures are caught in
-`Bridge`; a reply to a vanished peer is dropped. No file path from the network is ever
-opened: model names are names (see protocol.parse_setting), MIDI arrives as a blob.
+OSC, or that python-osc would read only by guessing (protocol.datagram_problem), is logged
+(one line) and answered with /backline/error malformed, and nothing in it is acted on;
+handler failures are caught in `Bridge`; a reply to a vanished peer is dropped. No file
+path from the network is ever opened: model names are names (see protocol.parse_setting),
+MIDI arrives as a blob.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import sys
 import threading
 from typing import Any, Iterator
 
-from pythonosc import osc_packet
 from pythonosc.dispatcher import Dispatcher, Handler
 from pythonosc.osc_bundle import OscBundle
 from pythonosc.osc_message import OscMessage
@@ -26,7 +27,8 @@ from backline.models.errors import BacklineError
 
 from .clients import Address
 from .handlers import Bridge
-from .protocol import ProtocolError
+from .pacing import DEFAULT_RATE, ReplyPacer
+from .protocol import ProtocolError, datagram_problem
 
 log = logging.getLogger("backline.bridge")
 
@@ -37,7 +39,8 @@ RECEIVE_BUFFER = 4 << 20  # room for a burst of note messages while the loop is 
 
 class _ExactDispatcher(Dispatcher):
     """Exact addresses only: an OSC pattern such as /backline/* must not fan one message out
-    to every handler. Bundle time tags are ignored (no sleeping in the network thread)."""
+    to every handler. Bundle time tags are ignored (no sleeping in the network thread): a
+    bundle's messages are handled in the order they stand in it."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -52,15 +55,35 @@ class _ExactDispatcher(Dispatcher):
 
     def call_handlers_for_packet(self, data: bytes, client_address: Any) -> list:
         sender = tuple(client_address[:2])
-        try:
-            packet = osc_packet.OscPacket(data)
-        except Exception as exc:  # ParseError, or anything a hostile datagram provokes
-            self.bridge.malformed(sender, f"{type(exc).__name__}: {exc}"[:200])
+        problem = datagram_problem(data)  # before parsing: python-osc guesses past some faults
+        if problem is None:
+            try:
+                messages = list(_messages(data))
+            except Exception as exc:  # ParseError, or anything a hostile datagram provokes
+                problem = f"{type(exc).__name__}: {exc}"
+        if problem is not None:
+            self.bridge.malformed(sender, problem[:200])
             return []
-        for timed in packet.messages:
-            for handler in self.handlers_for_address(timed.message.address):
-                handler.invoke(sender, timed.message)
+        for message in messages:
+            for handler in self.handlers_for_address(message.address):
+                handler.invoke(sender, message)
         return []
+
+
+def _messages(data: bytes) -> Iterator[OscMessage]:
+    """The messages of a datagram, a bundle's in the order they stand in it."""
+    if OscBundle.dgram_is_bundle(data):
+        yield from _unpack(OscBundle(data))
+    else:
+        yield OscMessage(data)
+
+
+def _unpack(bundle: OscBundle) -> Iterator[OscMessage]:
+    for content in bundle:
+        if isinstance(content, OscBundle):
+            yield from _unpack(content)
+        else:
+            yield content
 
 
 class _Server(BlockingOSCUDPServer):
@@ -75,7 +98,7 @@ class _Server(BlockingOSCUDPServer):
         data = request[0]
         if OscMessage.dgram_is_message(data) or OscBundle.dgram_is_bundle(data):
             return True
-        self.bridge.malformed(tuple(client_address[:2]), "it does not start like an OSC message or bundle")
+        self.bridge.malformed(tuple(client_address[:2]), datagram_problem(data) or "not OSC")
         return False
 
     def service_actions(self) -> None:
@@ -90,8 +113,11 @@ class OscServer:
     """`bind()` (fails fast on a taken port), then `start(bridge)`; `send` and `resolve` are
     what the Bridge needs."""
 
-    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
+    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                 reply_rate: float = DEFAULT_RATE) -> None:
         self.host, self.port = host, port
+        # Replies go out through a pacer: a long clip's reply must not overflow its receiver.
+        self.pacer = ReplyPacer(self._sendto, rate=reply_rate)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.family = socket.AF_INET
@@ -150,6 +176,8 @@ class OscServer:
         return lambda sender, addr, *args: bridge.call(handler, sender, addr, args)
 
     def stop(self) -> None:
+        self.pacer.flush(timeout=1.0)  # a reply still going out gets a moment to finish
+        self.pacer.close()
         server, self._server = self._server, None
         if server is not None:
             if self._thread is not None:
@@ -157,12 +185,15 @@ class OscServer:
             server.server_close()
 
     def send(self, target: Address, message: OscMessage) -> None:
-        """Thread-safe (one sendto per datagram); a peer that has gone is not an error."""
+        """Thread-safe; paced per target (bridge/pacing.py); a peer that has gone is not an error."""
+        self.pacer.send(target, message.dgram)
+
+    def _sendto(self, target: Address, data: bytes) -> None:
         server = self._server
         if server is None:
             return
         try:
-            server.socket.sendto(message.dgram, target)
+            server.socket.sendto(data, target)
         except OSError as exc:
             log.debug("reply to %s:%d dropped: %s", *target, exc)
 

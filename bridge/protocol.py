@@ -63,7 +63,7 @@ OUTGOING = frozenset({PONG, ACCOMP_BEGIN, ACCOMP_TRACK, ACCOMP_NOTES, ACCOMP_END
                       MODEL_LOADED, MODEL_LIST_REPLY,
                       LIVE_PLAN_BEGIN, LIVE_PLAN_NOTES, LIVE_PLAN_END})
 
-MAX_NOTES_PER_MESSAGE = 200  # keeps a message near 5 KiB: under python-osc's 8 KiB buffers
+MAX_NOTES_PER_MESSAGE = 200  # in replies: near 5 KiB, under python-osc's 8 KiB buffers
 MAX_START_BEATS = 100_000.0
 MAX_DURATION_BEATS = 10_000.0
 MAX_ID_LENGTH = 256
@@ -86,6 +86,168 @@ def version() -> str:
         return metadata.version("backline")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+# --------------------------------------------------------------------------- datagrams
+
+BUNDLE_PREFIX = b"#bundle\0"
+MAX_BUNDLE_DEPTH = 8  # bundles in bundles: more is refused as malformed
+# Type tags python-osc reads, with their sizes (None: an OSC string, -1: a blob). Any other
+# tag (OSC's optional c S I too) would make python-osc skip it silently and misread the rest.
+_TAG_SIZES = {"i": 4, "f": 4, "r": 4, "m": 4, "h": 8, "d": 8, "t": 8, "s": None, "b": -1,
+              "T": 0, "F": 0, "N": 0, "[": 0, "]": 0}
+_READ_TAGS = "i h f d s b T F"  # the ones Backline's messages take
+
+
+def datagram_problem(data: bytes) -> str | None:
+    """Why `data` is not an OSC message or bundle python-osc reads exactly, or None.
+
+    Checked before dispatch because python-osc is lenient: it skips unknown type tags,
+    ignores bytes after the last argument and does not check a bundle element's size."""
+    if data.startswith(BUNDLE_PREFIX):
+        return _bundle_problem(data, 1)
+    if data.startswith(b"/"):
+        return _message_problem(data)
+    return "it does not start like an OSC message ('/') or bundle ('#bundle')"
+
+
+def _bundle_problem(data: bytes, depth: int, path: str = "") -> str | None:
+    """`path`: where this bundle stands, e.g. "2.1." for the first element of element 2."""
+    if depth > MAX_BUNDLE_DEPTH:
+        return f"bundles nested more than {MAX_BUNDLE_DEPTH} deep"
+    if len(data) < 16:
+        return f"{'bundle element ' + path[:-1] + ': ' if path else ''}the bundle's time tag is cut short"
+    index, element = 16, 0
+    while index < len(data):
+        element += 1
+        where = f"bundle element {path}{element}"
+        if len(data) - index < 4:
+            return f"{where}: its size is cut short ({len(data) - index} bytes left)"
+        (size,) = struct.unpack_from(">i", data, index)
+        index += 4
+        if size <= 0 or size % 4 or size > len(data) - index:
+            return (f"{where}: size {size} is wrong (a positive multiple of 4, at most the "
+                    f"{len(data) - index} bytes left)")
+        content = data[index:index + size]
+        index += size
+        if content.startswith(BUNDLE_PREFIX):
+            problem = _bundle_problem(content, depth + 1, f"{path}{element}.")
+            if problem is not None:
+                return problem  # names its own element
+        elif content.startswith(b"/"):
+            problem = _message_problem(content)
+        else:
+            problem = "it is neither a message nor a bundle"
+        if problem is not None:
+            return f"{where} ({size} bytes): {problem}"
+    return None
+
+
+def _osc_string_end(data: bytes, index: int) -> int | None:
+    """The index after the OSC string at `index` (NUL-terminated, padded to 4), or None."""
+    end = data.find(b"\0", index)
+    if end < 0:
+        return None
+    end += 4 - (end - index) % 4
+    return end if end <= len(data) else None
+
+
+def _utf8(data: bytes, start: int, end: int) -> str | None:
+    """The OSC string in data[start:end] (up to its first NUL), or None if not UTF-8."""
+    try:
+        return data[start:end].split(b"\0", 1)[0].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _message_problem(data: bytes) -> str | None:
+    end = _osc_string_end(data, 0)
+    if end is None:
+        return "the address is not a NUL-terminated, padded OSC string"
+    if _utf8(data, 0, end) is None:
+        return "the address is not UTF-8"
+    if end == len(data):
+        return None  # no type tags: no arguments
+    if data[end:end + 1] != b",":
+        return "the type tag string (after the address) does not start with ','"
+    tags_end = _osc_string_end(data, end)
+    if tags_end is None:
+        return "the type tag string is not a NUL-terminated, padded OSC string"
+    tags = data[end + 1:tags_end].split(b"\0", 1)[0].decode("latin-1")
+    if _arguments_fit(data, tags, tags_end):
+        return None
+    return _arguments_problem(data, tags, tags_end)
+
+
+def _run_size(run: str) -> int:
+    """The bytes of a run of fixed-size type tags."""
+    return (4 * (run.count("i") + run.count("f") + run.count("r") + run.count("m"))
+            + 8 * (run.count("h") + run.count("d") + run.count("t")))
+
+
+_FAST_TAGS = frozenset("ifrmhdtTFNsb")
+_VARIABLE = re.compile("[sb]")
+
+
+def _arguments_fit(data: bytes, tags: str, index: int) -> bool:
+    """The usual message, quickly: True when the arguments fill `data` exactly. False
+    means only 'look closer' (`_arguments_problem` says what is wrong, if anything)."""
+    if not _FAST_TAGS.issuperset(tags):
+        return False
+    start = 0
+    for match in _VARIABLE.finditer(tags):
+        index += _run_size(tags[start:match.start()])
+        if match.group() == "s":
+            end = _osc_string_end(data, index)
+            if end is None or _utf8(data, index, end) is None:
+                return False
+        else:
+            if len(data) - index < 4:
+                return False
+            (length,) = struct.unpack_from(">i", data, index)
+            if length < 0:
+                return False
+            end = index + 4 + length + (-length % 4)
+        if end > len(data):
+            return False
+        index, start = end, match.end()
+    return index + _run_size(tags[start:]) == len(data)
+
+
+def _arguments_problem(data: bytes, tags: str, index: int) -> str | None:
+    """What is wrong with the arguments after the type tags, argument by argument."""
+    shown = f"',{tags}'" if len(tags) <= 24 else f"',{tags[:24]}...'"
+    arrays = 0
+    for n, tag in enumerate(tags, 1):
+        if tag not in _TAG_SIZES:
+            return f"type tag {tag!r} (argument {n} of {shown}) is not one Backline reads ({_READ_TAGS})"
+        size = _TAG_SIZES[tag]
+        if size is None:
+            string_end = _osc_string_end(data, index)
+            if string_end is None:
+                return f"argument {n} ({tag}) is cut short"
+            if _utf8(data, index, string_end) is None:
+                return f"argument {n} (s) is not UTF-8"
+            index = string_end
+        elif size < 0:
+            if len(data) - index < 4:
+                return f"argument {n} (b) is cut short"
+            (length,) = struct.unpack_from(">i", data, index)
+            if length < 0:
+                return f"argument {n} (b): negative blob size {length}"
+            index += 4 + length + (-length % 4)
+        else:
+            index += size
+            arrays += {"[": 1, "]": -1}.get(tag, 0)
+            if arrays < 0:
+                return f"type tag ']' without '[' in {shown}"
+        if index > len(data):
+            return f"argument {n} ({tag}) is cut short"
+    if arrays:
+        return f"type tag '[' without ']' in {shown}"
+    if index < len(data):
+        return f"{len(data) - index} bytes after the arguments its type tags {shown} describe"
+    return None
 
 
 # --------------------------------------------------------------------------- parsing
@@ -118,6 +280,10 @@ def _kind(value: Any) -> str:
         return "a boolean"
     if isinstance(value, (bytes, bytearray)):
         return "a blob"
+    if value is None:
+        return "nil (N)"
+    if isinstance(value, list):
+        return "an array"
     return {int: "an int", float: "a float", str: "a string"}.get(type(value), type(value).__name__)
 
 

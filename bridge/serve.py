@@ -17,6 +17,7 @@ from .engine import DEFAULT_BATCH_WINDOW_MS, DEFAULT_MAX_BATCH, Engine
 from .handlers import Bridge
 from .midi_ports import MidiPorts, MidiUnavailable, default_api
 from .osc_server import OscServer
+from .pacing import DEFAULT_RATE
 from .reload import Reloader
 
 
@@ -58,7 +59,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Handlers first: a SIGTERM that comes while the model loads, or right after the
     # banner, still ends in a clean stop.
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    osc = OscServer(args.osc_host, args.osc_port)
+    osc = OscServer(args.osc_host, args.osc_port,
+                    reply_rate=getattr(args, "reply_rate", DEFAULT_RATE / 1e6) * 1e6)
     engine = None
     reloader = None
     ports: MidiPorts | None = None

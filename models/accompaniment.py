@@ -24,11 +24,12 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .keys import Key, estimate_key, normalising_shift
+from .meter import Meter
 from .notes import Note, note_runs, notes_to_roll, transpose_notes
 from .runtime import Generator, binarise
 from .spec import GeneratorSpec, TrackSpec
 from .errors import BacklineError
-from .voicing import fit_range, melody_velocity_curve, velocities
+from .voicing import fit_range, melody_velocity_curve, roll_top, velocities, voice_parts
 
 # Windows per model call. ONNX Runtime's working memory grows with the batch: a
 # 10,000-beat melody (834 windows) in one call peaked at 1.1 GB of RSS, in calls of 32 at
@@ -45,6 +46,7 @@ class Accompaniment:
     tracks: list[tuple[TrackSpec, list[Note]]]
     key: Key | None  # the melody's estimated key (None for a model without key normalisation)
     shift: int  # semitones the melody was moved before generation
+    notices: tuple[str, ...] = ()  # PreparedMelody.notices
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,10 @@ class PreparedMelody:
     # Per step of the melody: its velocity there (the band follows the melody's dynamics).
     velocity_curve: np.ndarray | None = None
     mean_velocity: float = 90.0
+    meter: Meter = Meter()
+    # What was done to fit the melody to the model (an octave moved, a meter read as
+    # another), in words for the user; empty when nothing was.
+    notices: tuple[str, ...] = ()
 
     @property
     def n_windows(self) -> int:
@@ -93,12 +99,19 @@ def melody_shift(notes: Sequence[Note], spec: GeneratorSpec) -> tuple[Key | None
     return key, shift
 
 
-def prepare(spec: GeneratorSpec, melody: Sequence[Note]) -> PreparedMelody:
-    """The melody's windows for the model (MelodyError if it has no notes or too wide a range)."""
+def prepare(spec: GeneratorSpec, melody: Sequence[Note], meter: Meter = Meter()) -> PreparedMelody:
+    """The melody's windows for the model (MelodyError if it has no notes or too wide a
+    range, MeterError for a meter the model cannot follow)."""
     notes = [n for n in melody if not n.mute and n.duration > 0]
     if not notes:
         raise MelodyError("the melody has no notes to accompany; record or pick a track with notes")
+    notices = [text for text in (meter.reading(spec.name),) if text]
     key, shift = melody_shift(notes, spec)
+    key_shift = normalising_shift(key) if key is not None else 0
+    octaves = (shift - key_shift) // 12
+    learned_low, learned_high = spec.melody_range
+    if octaves and not learned_low <= min(n.pitch for n in notes) + key_shift <= max(n.pitch for n in notes) + key_shift <= learned_high:
+        notices.append(register_notice(notes, spec, octaves))
     length_beats = max(n.end for n in notes)
     n_steps = math.ceil(length_beats * spec.steps_per_beat - 1e-9)
     n_windows = max(1, math.ceil(n_steps / spec.window_steps))
@@ -109,7 +122,22 @@ def prepare(spec: GeneratorSpec, melody: Sequence[Note]) -> PreparedMelody:
     windows = roll.frames.reshape(n_windows, spec.window_steps, spec.n_pitches).astype(np.float32)
     curve = melody_velocity_curve(notes, max(n_steps, 1), spec.steps_per_beat)
     mean_velocity = float(np.mean([n.velocity for n in notes]))
-    return PreparedMelody(windows, n_steps, min(n.start for n in notes), key, shift, curve, mean_velocity)
+    return PreparedMelody(windows, n_steps, min(n.start for n in notes), key, shift, curve, mean_velocity,
+                          meter, tuple(notices))
+
+
+def register_notice(notes: Sequence[Note], spec: GeneratorSpec, octaves: int) -> str:
+    """The octave move `melody_shift` made for a melody outside the register the model
+    learned, in words (octaves > 0: the melody was moved up)."""
+    low, high = min(n.pitch for n in notes), max(n.pitch for n in notes)
+    count = abs(octaves)
+    span = "an octave" if count == 1 else f"{count} octaves"
+    where = "lower than" if octaves > 0 else "higher than"
+    moved = "up" if octaves > 0 else "down"
+    learned_low, learned_high = spec.melody_range
+    return (f"the melody (MIDI {low}-{high}) sits {span} {where} the register model '{spec.name}' learned its "
+            f"melodies in (about MIDI {learned_low}-{learned_high}); it was accompanied {span} {moved}, and every "
+            "part was then kept in its instrument's range")
 
 
 def run_windows(
@@ -208,28 +236,37 @@ def decode(
     # or a count-in of rests would otherwise get an accompaniment of its own).
     kept = start * step_beats >= melody.first_beat - 1e-9
     track_of, pitch, start, length = track_of[kept], pitch[kept], start[kept], length[kept]
+    # Each part in range, the ordered ones placed against each other's crossings (models/voicing.py).
+    melody_top = roll_top(melody.windows.reshape(-1, spec.n_pitches)[:melody.n_steps] > 0,
+                          spec.lowest_pitch - melody.shift)
+    pitch = voice_parts(spec.melody, spec.tracks, track_of, pitch, start, length, spec.steps_per_beat, melody_top)
     cuts = np.searchsorted(track_of, np.arange(1, spec.n_tracks))
     curve = melody.velocity_curve if melody.velocity_curve is not None else np.full(max(melody.n_steps, 1), 90.0)
+    bar_steps, beat_steps = melody.meter.steps(spec.steps_per_beat)
     tracks = [
-        (track, voice_track(spec, track, pitches, starts, lengths, curve, melody.mean_velocity, velocity))
+        (track, voice_track(spec, track, pitches, starts, lengths, curve, melody.mean_velocity, velocity,
+                            bar_steps=bar_steps, beat_steps=beat_steps))
         for track, pitches, starts, lengths in zip(spec.tracks, np.split(pitch, cuts), np.split(start, cuts),
                                                    np.split(length, cuts))
     ]
-    return Accompaniment(tracks, melody.key, melody.shift)
+    return Accompaniment(tracks, melody.key, melody.shift, melody.notices)
 
 
 def voice_track(spec: GeneratorSpec, track: TrackSpec, pitch: np.ndarray, start: np.ndarray, length: np.ndarray,
                 curve: np.ndarray, melody_velocity: float, velocity: int | None = None,
-                offset_beats: float = 0.0) -> list[Note]:
+                offset_beats: float = 0.0, bar_steps: int | None = None,
+                beat_steps: int | None = None) -> list[Note]:
     """One track's notes (MIDI pitches, start and length in steps) as the instrument plays
     them: in its range, with velocities from the melody's `curve` (per step, same origin as
     `start`) relative to `melody_velocity`, or all `velocity` when given. Times come out in
-    beats plus `offset_beats`."""
+    beats plus `offset_beats`. Accents follow bars of `bar_steps` and beats of `beat_steps`
+    (default: the model's own bar of quarter-note beats)."""
     pitch, start, length = _in_range(track, pitch, start, length, spec.steps_per_beat)
     if velocity is None:
         reference = spec.melody.velocity or melody_velocity
         level = (track.velocity / reference) if track.velocity and reference else 1.0
-        levels = velocities(start, curve, level, spec.steps_per_beat, spec.steps_per_bar).tolist()
+        levels = velocities(start, curve, level, spec.steps_per_beat, bar_steps or spec.steps_per_bar,
+                            beat_steps).tolist()
     else:
         levels = [velocity] * len(pitch)
     step_beats = 1.0 / spec.steps_per_beat
@@ -261,9 +298,10 @@ def accompany(
     threshold: float | None = None,
     sample: bool = False,
     velocity: int | None = None,
+    meter: Meter = Meter(),
 ) -> Accompaniment:
-    """Generate the model's tracks for `melody` (times in beats from a barline)."""
-    prepared = prepare(generator.spec, melody)
+    """Generate the model's tracks for `melody` (times in beats from a barline, in `meter`)."""
+    prepared = prepare(generator.spec, melody, meter)
     z = generator.draw_z(seed, prepared.n_windows)
     [probs] = run_windows(generator, [(prepared, z)])
     return decode(generator.spec, prepared, probs, seed=seed, threshold=threshold, sample=sample,

@@ -5,6 +5,13 @@ phrase at a time (a phrase ends at a rest of a beat or more), by the octave that
 most of the phrase's notes in, so a line keeps its shape; a note still outside after
 that is folded in by octaves on its own. Drum notes off the GM drum map are dropped.
 
+Order. Parts with an expected order (`voice_pairs`: a chorale's alto under its soprano,
+a bass under the band) should cross no more often than in the music the model learned
+from; octave moves into range can put a whole line above the part it belongs under (an
+alto with one note below the violin's G3 goes up an octave, over the soprano). So the
+ordered parts are placed together (`separate_voices`): each phrase at the octave, of
+those that keep it in range, at which it crosses its neighbours least.
+
 Dynamics. The band follows the melody's dynamics: each note takes the velocity of the
 melody at its start (the melody note sounding then, or the last one before it), scaled
 by the track's loudness in the training data relative to the melody's (`TrackSpec.velocity`
@@ -19,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from .notes import Note
+from .spec import TrackSpec
 
 # Multipliers by metric position: bar downbeat, beat, 8th off-beat, 16th off-beat.
 ACCENTS = (1.1, 1.0, 0.92, 0.85)
@@ -32,22 +40,75 @@ def fit_range(pitch: np.ndarray, start: np.ndarray, length: np.ndarray, low: int
     outside = (pitch < low) | (pitch > high)
     if not outside.any():
         return pitch
-    end = np.maximum.accumulate(start + length)
-    # A phrase starts where a note begins a full gap after everything before it ended.
-    new_phrase = np.ones(len(pitch), dtype=bool)
-    new_phrase[1:] = start[1:] - end[:-1] >= phrase_gap
-    phrase = np.cumsum(new_phrase) - 1
+    phrase = _phrases(start, length, phrase_gap)
     for p in np.unique(phrase[outside]):
         members = phrase == p
-        notes = pitch[members]
-        octaves = np.arange(-4, 5)
-        inside = [(((notes + 12 * o) >= low) & ((notes + 12 * o) <= high)).sum() for o in octaves]
-        best = max(zip(inside, -np.abs(octaves), octaves))[2]
-        pitch[members] = notes + 12 * best
+        pitch[members] += 12 * _best_octave(pitch[members], low, high)
+    return _fold(pitch, low, high)
+
+
+def _phrases(start: np.ndarray, length: np.ndarray, phrase_gap: int) -> np.ndarray:
+    """Each note's phrase number (notes sorted by start). A phrase starts where a note
+    begins a full gap after everything before it ended."""
+    end = np.maximum.accumulate(start + length)
+    new_phrase = np.ones(len(start), dtype=bool)
+    new_phrase[1:] = start[1:] - end[:-1] >= phrase_gap
+    return np.cumsum(new_phrase) - 1
+
+
+def _best_octave(notes: np.ndarray, low: int, high: int) -> int:
+    """The octave move that brings most of these notes into low..high (the smaller move,
+    then the upward one, among equals)."""
+    octaves = np.arange(-4, 5)
+    inside = [(((notes + 12 * o) >= low) & ((notes + 12 * o) <= high)).sum() for o in octaves]
+    return int(max(zip(inside, -np.abs(octaves), octaves))[2])
+
+
+def _fold(pitch: np.ndarray, low: int, high: int) -> np.ndarray:
+    """Each note outside low..high folded in by octaves on its own (a new array)."""
+    pitch = pitch.copy()
     below, above = pitch < low, pitch > high
     pitch[below] += 12 * np.ceil((low - pitch[below]) / 12).astype(pitch.dtype)
     pitch[above] -= 12 * np.ceil((pitch[above] - high) / 12).astype(pitch.dtype)
     return pitch
+
+
+# Two parts that are not both single lines are expected one above the other only where
+# their instruments' range centres lie more than this far apart (a perfect fifth): a bass
+# (centre 47.5) under a guitar (63); not a guitar under a piano (64.5), nor a brass
+# section (58) under an alto sax (65).
+ORDER_MARGIN = 7
+
+
+def range_centre(track: TrackSpec) -> float:
+    low, high = track.playable_range
+    return (low + high) / 2
+
+
+def voice_pairs(melody: TrackSpec, tracks: Sequence[TrackSpec]) -> list[tuple[int, int]]:
+    """The adjacent pairs of the parts' expected order, as (upper, lower) rows of
+    `[melody, *tracks]`. Drums have no place in it.
+
+    Part A is expected above part B where A's instrument range (`playable_range`: the
+    track's own or its GM program's) is centred more than `ORDER_MARGIN` semitones higher,
+    or, where both are single lines (the melody, or a `monophonic` track), where A's
+    centre is higher, or the same and A comes first: two lines on one instrument are
+    numbered from the top (soprano over an alto both on violin; Violin I over Violin II).
+    The pairs returned are the adjacent ones: A above B with no part expected between.
+    Bach: Soprano-Alto, Alto-Tenor, Tenor-Bass; the quartet: Violin I-Violin II,
+    Violin II-Viola, Viola-Cello; the genre bands: each other pitched part above the Bass.
+    """
+    parts = [(0, melody, True)] + [(1 + k, t, t.monophonic) for k, t in enumerate(tracks) if not t.is_drum]
+    above = set()
+    for i, a, line_a in parts:
+        for j, b, line_b in parts:
+            if i == j:
+                continue
+            gap = range_centre(a) - range_centre(b)
+            if gap > ORDER_MARGIN or (line_a and line_b and (gap > 0 or (gap == 0 and i < j))):
+                above.add((i, j))
+    rows = [i for i, _, _ in parts]
+    return sorted((i, j) for i, j in above if not any((i, m) in above and (m, j) in above for m in rows))
 
 
 def melody_velocity_curve(melody: Sequence[Note], n_steps: int, steps_per_beat: int) -> np.ndarray:
@@ -69,18 +130,168 @@ def melody_velocity_curve(melody: Sequence[Note], n_steps: int, steps_per_beat: 
     return filled
 
 
-def accents(start: np.ndarray, steps_per_beat: int, steps_per_bar: int) -> np.ndarray:
-    """Velocity multiplier for notes starting at these steps (from a barline)."""
+def accents(start: np.ndarray, steps_per_beat: int, steps_per_bar: int,
+            steps_per_felt_beat: int | None = None) -> np.ndarray:
+    """Velocity multiplier for notes starting at these steps (from a barline). The felt
+    beat is the quarter unless given (a dotted quarter in 6/8: models/meter.py)."""
     position = np.full(start.shape, 3)
     eighth = max(steps_per_beat // 2, 1)
     position[start % eighth == 0] = 2
-    position[start % steps_per_beat == 0] = 1
+    position[start % (steps_per_felt_beat or steps_per_beat) == 0] = 1
     position[start % steps_per_bar == 0] = 0
     return np.asarray(ACCENTS)[position]
 
 
-def velocities(start: np.ndarray, curve: np.ndarray, level: float, steps_per_beat: int, steps_per_bar: int
-               ) -> np.ndarray:
+def velocities(start: np.ndarray, curve: np.ndarray, level: float, steps_per_beat: int, steps_per_bar: int,
+               steps_per_felt_beat: int | None = None) -> np.ndarray:
     """MIDI velocities 1..127 for notes starting at `start` steps."""
     base = curve[np.clip(start, 0, len(curve) - 1)] * level
-    return np.clip(np.rint(base * accents(start, steps_per_beat, steps_per_bar)), 1, 127).astype(int)
+    lean = accents(start, steps_per_beat, steps_per_bar, steps_per_felt_beat)
+    return np.clip(np.rint(base * lean), 1, 127).astype(int)
+
+
+def voice_parts(melody: TrackSpec, tracks: Sequence[TrackSpec], track_of: np.ndarray, pitch: np.ndarray,
+                start: np.ndarray, length: np.ndarray, phrase_gap: int,
+                melody_top: np.ndarray | None = None) -> np.ndarray:
+    """Every pitched part in its instrument's range, placed against its neighbours' crossings.
+
+    Arrays as `note_runs` gives them (track, MIDI pitch, start and length in steps, sorted
+    by track then start); `melody_top`: the melody's highest MIDI pitch at each step (-1
+    where it rests, None if unknown), on the same steps. Returns new pitches; drums are
+    left as they are. Parts without an expected order (`voice_pairs`) get `fit_range`;
+    the ordered ones get `separate_voices`, which falls back on the same placement
+    wherever moving would not lower their crossings.
+    """
+    pitch = np.array(pitch, copy=True)
+    fitted = pitch.copy()
+    for k, track in enumerate(tracks):
+        mine = track_of == k
+        if not track.is_drum and mine.any():
+            low, high = track.playable_range
+            fitted[mine] = fit_range(pitch[mine], start[mine], length[mine], low, high, phrase_gap)
+    pairs = voice_pairs(melody, tracks)
+    if not pairs or not len(pitch):
+        return fitted
+    return separate_voices(tracks, pairs, track_of, pitch, fitted, start, length, phrase_gap, melody_top)
+
+
+def roll_top(frames: np.ndarray, lowest_pitch: int) -> np.ndarray:
+    """Int [T]: the highest MIDI pitch sounding at each step of a roll `[T, P]` (column 0
+    is `lowest_pitch`), -1 where nothing sounds."""
+    frames = np.asarray(frames, dtype=bool)
+    if frames.shape[1] == 0:
+        return np.full(frames.shape[0], -1)
+    highest = frames.shape[1] - 1 - np.argmax(frames[:, ::-1], axis=1) + lowest_pitch
+    return np.where(frames.any(axis=1), highest, -1)
+
+
+def _tops(pitch: np.ndarray, start: np.ndarray, length: np.ndarray, first: int, n_steps: int) -> np.ndarray:
+    """Int [n_steps]: the highest of these notes sounding at each step from step `first`, -1 where none."""
+    top = np.full(n_steps, -1)
+    if len(pitch):
+        note = np.repeat(np.arange(len(pitch)), length)
+        step = start[note] - first + np.arange(len(note)) - np.repeat(np.cumsum(length) - length, length)
+        inside = (step >= 0) & (step < n_steps)
+        np.maximum.at(top, step[inside], pitch[note][inside])
+    return top
+
+
+def separate_voices(tracks: Sequence[TrackSpec], pairs: Sequence[tuple[int, int]], track_of: np.ndarray,
+                    pitch: np.ndarray, fitted: np.ndarray, start: np.ndarray, length: np.ndarray,
+                    phrase_gap: int, melody_top: np.ndarray | None = None) -> np.ndarray:
+    """The ordered parts' phrases each at the octave that crosses their neighbours least.
+
+    `pitch`: the decoded pitches; `fitted`: the same after `fit_range`; `pairs`: the
+    (upper, lower) rows of `[melody, *tracks]` from `voice_pairs`. A crossing step of a
+    pair is one where both sound and the part expected lower has its highest note above
+    the highest note of the part expected higher (`voice_crossing_rate` in
+    training/metrics.py). The melody is never moved.
+
+    The parts are placed one at a time, nearest the melody first (`_placing_order`), each
+    phrase (as in `fit_range`; `phrase_gap` is a beat of steps) once, against its
+    neighbours as they then stand. The placements tried are the phrase's decoded notes
+    moved as a whole by -4..+4 octaves, each note then still outside the range folded in
+    by octaves on its own as `fit_range` folds it; one of them is `fit_range`'s own, which
+    folds the fewest. Each costs its crossing steps plus a beat of steps for every note it
+    folds (an octave leap inside the line is worth a beat of crossing). The cheapest wins
+    where it costs less than `fit_range`'s placement (among equals, the smaller move).
+
+    So every note ends in range; a phrase moves as a whole, but for notes folded as
+    `fit_range` folds them; and each move strictly lowers the phrase's crossing steps
+    with its neighbours (it cannot fold fewer notes than `fit_range`'s placement), so the
+    sum of crossing steps over all pairs ends no higher than with `fit_range` alone. It
+    does not promise the data's rate: where an instrument's range keeps a part above the
+    one over it (a violin alto cannot go under G3), the crossing stays.
+    """
+    fitted = np.array(fitted, copy=True)
+    n_steps = int((start + length).max()) if len(start) else 0
+    if melody_top is not None:
+        n_steps = max(n_steps, len(melody_top))
+    tops = np.full((1 + len(tracks), n_steps), -1)
+    if melody_top is not None:
+        tops[0, :len(melody_top)] = melody_top
+    for k in range(len(tracks)):
+        mine = track_of == k
+        tops[1 + k] = _tops(fitted[mine], start[mine], length[mine], 0, n_steps)
+    rows = _placing_order(tracks, pairs)
+    fold_cost = phrase_gap  # a beat of steps
+    for row in rows:
+        track = tracks[row - 1]
+        low, high = track.playable_range
+        neighbours = [(u, True) for u, v in pairs if v == row] + [(v, False) for u, v in pairs if u == row]
+        mine = np.flatnonzero(track_of == row - 1)
+        if not len(mine):
+            continue
+        phrase = _phrases(start[mine], length[mine], phrase_gap)
+        for notes in np.split(mine, np.flatnonzero(np.diff(phrase)) + 1):
+            first = int(start[notes].min())
+            last = int((start[notes] + length[notes]).max())
+            others = [(tops[r, first:last], is_upper) for r, is_upper in neighbours]
+
+            def crossings(placed: np.ndarray) -> int:
+                own = _tops(placed, start[notes], length[notes], first, last - first)
+                count = 0
+                for other, is_upper in others:
+                    both = (own >= 0) & (other >= 0)
+                    count += int(np.count_nonzero(both & ((own > other) if is_upper else (other > own))))
+                return count
+
+            now = crossings(fitted[notes])
+            if now == 0:
+                continue
+            decoded = pitch[notes]
+            outside = (decoded < low) | (decoded > high)
+            fit_octave = _best_octave(decoded, low, high) if outside.any() else 0
+            # fit_range's placement is the one to beat; among cheaper ones, the smaller move.
+            best_key, best = (now + fold_cost * _outside(decoded + 12 * fit_octave, low, high), 0), None
+            for octave in range(-4, 5):
+                if octave == fit_octave:
+                    continue
+                moved = decoded + 12 * octave
+                placed = _fold(moved, low, high)
+                key = (crossings(placed) + fold_cost * _outside(moved, low, high), abs(octave - fit_octave))
+                if key < best_key:
+                    best_key, best = key, placed
+            if best is not None:
+                fitted[notes] = best
+                tops[row, first:last] = _tops(best, start[notes], length[notes], first, last - first)
+    return fitted
+
+
+def _placing_order(tracks: Sequence[TrackSpec], pairs: Sequence[tuple[int, int]]) -> list[int]:
+    """The ordered parts' rows, nearest the melody (in steps along `pairs`) first, then the
+    higher range centre: a chorale from the soprano down, a band's bass before the parts
+    above it."""
+    distance, queue = {0: 0}, [0]
+    for a in queue:  # breadth first from the melody; the queue grows as it goes
+        for u, v in pairs:
+            for b in ((v,) if u == a else (u,) if v == a else ()):
+                if b not in distance:
+                    distance[b] = distance[a] + 1
+                    queue.append(b)
+    rows = {r for pair in pairs for r in pair} - {0}
+    return sorted(rows, key=lambda r: (distance.get(r, len(tracks) + 1), -range_centre(tracks[r - 1]), r))
+
+
+def _outside(pitch: np.ndarray, low: int, high: int) -> int:
+    return int(np.count_nonzero((pitch < low) | (pitch > high)))

@@ -347,4 +347,4 @@ def test_one_clients_clips_come_back_in_order_and_unmixed(batching_server):
 def test_serve_checks_the_batching_options(option, value, text):
     result = run_backline("serve", option, value, "--osc-port", "0")
     assert result.returncode == 2
-    assert result.stderr.splitlines()[-1] == f"backline serve: error: argument {option}: {text}"
+    assert result.stderr.splitlines() == [f"backline: error: argument {option}: {text} (see: backline serve --help)"]

@@ -55,7 +55,7 @@ def test_bench_prints_every_row_with_numbers(tmp_path):
     summary = lines[header + 7:header + 9]
     assert [line.split(":")[0] for line in summary] == ["batching on", "batching off"]
     assert all("throughput at saturation" in line and "clips/s" in line for line in summary)
-    assert lines[-1] == "live: skipped"
+    assert lines[-2:] == ["live: skipped", "delivery: skipped"]
     saved = json.loads(figures.read_text())
     latency = saved["latency"]
     assert saved["runs"] == 5 and latency["round_trip_ms"]["runs"] == 5 and latency["round_trip_ms"]["failed"] == 0
@@ -78,7 +78,8 @@ def test_bench_parts_can_be_skipped(tmp_path):
                           "--model", model, "--device", "cpu", "--json", figures)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert {"inference: skipped", "latency: skipped", "training: skipped", "live: skipped"} <= set(lines)
+    assert {"inference: skipped", "latency: skipped", "training: skipped", "live: skipped",
+            "delivery: skipped"} <= set(lines)
     assert [line.split()[:2] for line in lines if line.strip().startswith("1 ")] == [["1", "on"]]
     saved = json.loads(figures.read_text())
     assert saved["latency"] == {"available": False, "reason": "skipped"}
@@ -113,7 +114,7 @@ def test_bench_says_why_a_model_has_no_pytorch_twin(tmp_path):
 def test_bench_options_are_checked():
     for option, value, text in (("--clients", "4,1", "is not a list of rising client counts 1..256"),
                                 ("--clients", "0", "is not a list of rising client counts 1..256"),
-                                ("--parts", "latency,speed", "give parts from inference,latency,clients,training,live")):
+                                ("--parts", "latency,speed", "give parts from inference,latency,clients,training,live,delivery")):
         result = run_backline("bench", option, value)
         assert result.returncode == 2 and text in result.stderr.splitlines()[-1], result.stderr
 

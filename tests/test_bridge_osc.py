@@ -27,7 +27,6 @@ from backline.models.notes import Note
 from backline.models.spec import TrackSpec
 
 from .conftest import run_backline
-from .fake_models import write_fixed_model
 
 # The fixed model (tests/fake_models.py): 8-beat windows; track 0 holds pitch 48 as one
 # note over the whole melody, track 1 restrikes pitch 55 at every window, track 2 is silent.
@@ -177,13 +176,6 @@ def accompaniment(messages: list[OscMessage]) -> dict[int, list[Note]]:
 
 def errors(messages: list[OscMessage]) -> list[tuple]:
     return [tuple(m.params[:2]) for m in messages if m.address == "/backline/error"]
-
-
-@pytest.fixture(scope="module")
-def fixed_model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("fixed") / "fixed.onnx"
-    write_fixed_model(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -677,5 +677,6 @@ def test_device_and_precision_arguments_make_one_device_string():
         assert parser.parse_args(argv).device == device, argv
     result = run_backline("serve", "--device", "gpu")
     assert result.returncode == 2
-    assert result.stderr.splitlines()[-1] == ("backline serve: error: unknown device 'gpu'; use one of auto, cpu, "
-                                              "cuda, tensorrt, optionally with a precision, e.g. cuda:fp16")
+    assert result.stderr.splitlines() == ["backline: error: unknown device 'gpu'; use one of auto, cpu, cuda, "
+                                          "tensorrt, optionally with a precision, e.g. cuda:fp16 "
+                                          "(see: backline serve --help)"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import shlex
 import sys
 
@@ -16,23 +15,15 @@ from backline.models.errors import BacklineError
 from . import distributed
 from .batches import check_split
 from .card import write_card
+from .checkpoint import load_checkpoint
 from .chorales import ChoraleDataset
 from .data.windows import WindowDataset
 from .data.build import default_genre, load_data, summary
 from .evaluation import accompany_and_score, calibrate_decoding, format_table, format_track_table, headline, score_windows
-from .networks import NetConfig, net_config_for
+from .networks import net_config_for
 from .train import TrainConfig, fixed_subset, train, window_modes
 
 log = logging.getLogger("backline.training")
-
-
-def parse_duration(text: str) -> float:
-    """'900', '900s', '15m', '1.5h' -> seconds."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", text)
-    if not match:
-        raise BacklineError(f"cannot read the duration {text!r}; write it like 900s, 15m or 1h")
-    value, unit = float(match.group(1)), match.group(2) or "s"
-    return value * {"s": 1, "m": 60, "h": 3600}[unit]
 
 
 def limit_pieces(data: ChoraleDataset, max_pieces: int | None) -> ChoraleDataset:
@@ -52,6 +43,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def train_command(args: argparse.Namespace, placement: distributed.Placement) -> int:
     check_split(args.batch_size, placement.world)
+    if args.resume is not None:
+        load_checkpoint(args.resume)  # a wrong path or file is told now, not after the data is built
     main = placement.is_main
     show_progress = main and not args.no_progress
     data = tuple(args.data)
@@ -65,9 +58,9 @@ def train_command(args: argparse.Namespace, placement: distributed.Placement) ->
     if len(train_set) < args.batch_size:
         raise BacklineError(f"only {len(train_set)} training windows for a batch of {args.batch_size}; lower --batch-size")
     config = TrainConfig(
-        out_dir=args.out, epochs=args.epochs, warmup_epochs=args.warmup_epochs, lr=args.lr, update_ratio=args.update_ratio,
+        out_dir=str(args.out), epochs=args.epochs, warmup_epochs=args.warmup_epochs, lr=args.lr, update_ratio=args.update_ratio,
         batch_size=args.batch_size, seed=args.seed,
-        time_budget_s=parse_duration(args.time_budget) if args.time_budget else None,
+        time_budget_s=args.time_budget,  # seconds (bridge/cli_types.duration)
         recon_weight=args.recon_weight, checkpoint_every=args.checkpoint_every,
         net=net_config_for(genre, args.arch, n_pitches=train_set.n_pitches, lowest_pitch=train_set.lowest_pitch,
                            widths=args.widths),
@@ -79,7 +72,8 @@ def train_command(args: argparse.Namespace, placement: distributed.Placement) ->
         from backline.models.registry import search_dirs
 
         user_dir = search_dirs()[0]  # $BACKLINE_MODELS if set, else ~/.local/share/backline/models
-        print(f"checkpoint: {path}\nexport it with: backline export {path} -o {user_dir}/NAME.onnx "
+        hint = shlex.join(["backline", "export", str(path), "-o", str(user_dir / "NAME.onnx")])
+        print(f"checkpoint: {path}\nexport it with: {hint} "
               f"(a model there is found by 'backline models' and --model NAME)")
     return 0
 
@@ -120,7 +114,6 @@ def finite(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .checkpoint import load_checkpoint
     from .export import export
 
     evaluate = None

@@ -2,7 +2,10 @@
 
 The same code scores a PyTorch generator during training and an exported ONNX model in
 `backline evaluate`: both go through `backline.models.runtime.binarise`, the exact
-decoding the bridge uses, so the numbers describe what a user will hear.
+decoding the bridge uses, so the numbers describe what a user will hear. Voice crossing
+(VC) is read one step further on, after the decoder's voicing (`voiced_windows`): moving
+parts into their instruments' ranges moves whole phrases by octaves, which changes which
+part is on top but no pitch class, onset or length.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from backline.models.keys import Key
 from backline.models.notes import note_runs
 from backline.models.runtime import binarise
 from backline.models.spec import GeneratorSpec
+from backline.models.voicing import roll_top, voice_pairs, voice_parts
 
-from .metrics import empty_bar_rate, evaluate_multitrack, mean_over_windows, qn_min_steps
+from .metrics import empty_bar_rate, evaluate_multitrack, mean_over_windows, qn_min_steps, voice_crossing_rate
 
 # (melody [B, T, P] float32, z [B, z_dim] float32) -> (frame probs, onset probs) [B, K, T, P]
 GenerateFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -56,9 +60,15 @@ def score_windows(
     steps_per_bar: np.ndarray,
     modes: list[str],
     spec: GeneratorSpec,
+    crossing_frames: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Mean metrics over windows. frames/onsets `[N, 1 + K, T, P]`, melody first."""
+    """Mean metrics over windows. frames/onsets `[N, 1 + K, T, P]`, melody first.
+    Voice crossing (VC/U-L for each pair of `crossing_pairs(spec)`) is read from
+    `crossing_frames` `[N, 1 + K, T, any pitch columns]` where given (a model's voiced
+    output, `voiced_windows`), else from `frames`."""
     names = [spec.melody.name, *(t.name for t in spec.tracks)]
+    pairs = crossing_pairs(spec)
+    crossing = frames if crossing_frames is None else crossing_frames
     per_window = [
         evaluate_multitrack(
             frames[i],
@@ -71,9 +81,38 @@ def score_windows(
             melody_index=0,
             drum_tracks=drum_rows(spec),
         )
+        | {f"VC/{names[u]}-{names[v]}": voice_crossing_rate(crossing[i, u], crossing[i, v]) for u, v in pairs}
         for i in range(frames.shape[0])
     ]
     return add_summaries(mean_over_windows(per_window), spec)
+
+
+def crossing_pairs(spec: GeneratorSpec) -> list[tuple[int, int]]:
+    """(upper, lower) rows of `[melody, *tracks]` whose crossing is scored: the adjacent
+    pairs of the parts' expected order (models/voicing.voice_pairs)."""
+    return voice_pairs(spec.melody, spec.tracks)
+
+
+def voiced_windows(frames: np.ndarray, onsets: np.ndarray, spec: GeneratorSpec) -> np.ndarray:
+    """Windows `[N, 1 + K, T, P]` (melody first, then the model's decoded tracks) as the
+    decoder voices the tracks for `accompany` (models/voicing.voice_parts), on a full MIDI
+    roll: bool `[N, 1 + K, T, 128]`, column = MIDI pitch. Each window is voiced on its own,
+    in the key the windows are in (C major / A minor for a key-normalised model)."""
+    frames = np.asarray(frames, dtype=bool)
+    n, rows, steps, n_pitches = frames.shape
+    low = spec.lowest_pitch
+    out = np.zeros((n, rows, steps, 128), dtype=bool)
+    out[:, 0, :, low:low + n_pitches] = frames[:, 0]
+    for i in range(n):
+        track_of, column, start, length = note_runs(frames[i, 1:], onsets[i, 1:])
+        if not len(column):
+            continue
+        pitch = voice_parts(spec.melody, spec.tracks, track_of, column + low, start, length, spec.steps_per_beat,
+                            melody_top=roll_top(frames[i, 0], low))
+        note = np.repeat(np.arange(len(pitch)), length)
+        step = start[note] + np.arange(len(note)) - np.repeat(np.cumsum(length) - length, length)
+        out[i, 1 + track_of[note], step, pitch[note]] = True
+    return out
 
 
 def drum_rows(spec: GeneratorSpec) -> list[int]:
@@ -83,14 +122,16 @@ def drum_rows(spec: GeneratorSpec) -> list[int]:
 
 def headline(spec: GeneratorSpec) -> list[str]:
     """The summary metrics `evaluate` prints for this model (DP only where it has drums)."""
-    return HEADLINE + (["DP", "DP8"] if drum_rows(spec) else [])
+    return HEADLINE + (["DP", "DP8"] if drum_rows(spec) else []) + (["VC"] if crossing_pairs(spec) else [])
 
 
 def add_summaries(metrics: dict[str, float], spec: GeneratorSpec) -> dict[str, float]:
     """Per-track metrics averaged over the accompaniment tracks: QN, EB, UPC, TD/melody
-    (pitched tracks; EB over all) and DP, DP8 (drum tracks)."""
+    (pitched tracks; EB over all) and DP, DP8 (drum tracks); VC averaged over the pairs
+    of `crossing_pairs`."""
     out = dict(metrics)
     tracks = [t.name for t in spec.tracks]
+    names = [spec.melody.name, *tracks]
     for name, keys in [
         ("DP", [f"DP/{t}" for t in tracks]),
         ("DP8", [f"DP8/{t}" for t in tracks]),
@@ -98,6 +139,7 @@ def add_summaries(metrics: dict[str, float], spec: GeneratorSpec) -> dict[str, f
         ("EB", [f"EB/{t}" for t in tracks]),
         ("UPC", [f"UPC/{t}" for t in tracks]),
         ("TD/melody", [f"TD/{spec.melody.name}-{t}" for t in tracks]),
+        ("VC", [f"VC/{names[u]}-{names[v]}" for u, v in crossing_pairs(spec)]),
     ]:
         values = [metrics[k] for k in keys if k in metrics and np.isfinite(metrics[k])]
         out[name] = float(np.mean(values)) if values else float("nan")
@@ -120,12 +162,14 @@ def accompany_and_score(
     gen_frames, gen_onsets = generate_windows(generate, spec, melody, seed=seed)
     all_frames = np.concatenate([frames[:, :1], gen_frames], axis=1)
     all_onsets = np.concatenate([onsets[:, :1], gen_onsets], axis=1)
-    return score_windows(all_frames, all_onsets, steps_per_bar, modes, spec)
+    voiced = voiced_windows(all_frames, all_onsets, spec) if crossing_pairs(spec) else None
+    return score_windows(all_frames, all_onsets, steps_per_bar, modes, spec, crossing_frames=voiced)
 
 
 TARGETS = {
     # metric: (kind, amount) — "points": |gen - real| <= amount (rates as fractions);
     # "relative": |gen - real| <= amount * real; "ceiling": gen <= real * (1 + amount)
+    # VC: "voices cross no more often than in the training data" (the real tracks here)
     "QN": ("points", 0.05),
     "EB": ("points", 0.05),
     "DP": ("points", 0.05),
@@ -134,6 +178,7 @@ TARGETS = {
     "PR/accompaniment": ("relative", 0.10),
     "in_scale/accompaniment": ("relative", 0.10),
     "TD/melody": ("ceiling", 0.10),
+    "VC": ("ceiling", 0.0),
 }
 
 
@@ -145,7 +190,7 @@ def target_of(metric: str, melody: str | None = None) -> tuple[str, float] | Non
     family, _, rest = metric.partition("/")
     if family == "TD":
         return TARGETS["TD/melody"] if melody is not None and rest.startswith(f"{melody}-") else None
-    if family in ("QN", "EB", "DP", "DP8", "UPC") and rest:
+    if family in ("QN", "EB", "DP", "DP8", "UPC", "VC") and rest:
         return TARGETS[family]
     return None
 
@@ -176,7 +221,7 @@ def format_table(generated: dict[str, float], real: dict[str, float], metrics: l
             target = {
                 "points": f"within {amount * 100:.0f} points",
                 "relative": f"within {amount * 100:.0f} %",
-                "ceiling": f"<= real + {amount * 100:.0f} %",
+                "ceiling": f"<= real + {amount * 100:.0f} %" if amount else "<= real",
             }[kind]
         met = meets_target(metric, g, r, melody)
         rows.append(f"| {metric} | {g:.3f} | {r:.3f} | {target} | {'' if met is None else ('yes' if met else 'NO')} |")
@@ -277,7 +322,8 @@ TRACK_COLUMNS = (("EB", "EB"), ("UPC", "UPC"), ("QN", "QN"), ("DP", "DP"), ("DP8
 
 
 def format_track_table(generated: dict[str, float], real: dict[str, float], spec: GeneratorSpec) -> str:
-    """One row per track, each cell `model / real`, marked where a target is missed (✗) or met (✓)."""
+    """One row per track, each cell `model / real`, marked where a target is missed (✗) or met (✓);
+    then, for a model whose parts have an expected order, `format_crossing_table`."""
     columns = [(f, t) for f, t in TRACK_COLUMNS
                if any(_track_key(f, spec, track) in real for track in spec.tracks)]
     rows = ["| track | " + " | ".join(t for _, t in columns) + " |", "|---" * (len(columns) + 1) + "|"]
@@ -293,12 +339,27 @@ def format_track_table(generated: dict[str, float], real: dict[str, float], spec
             mark = "" if met is None else (" ✓" if met else " ✗")
             cells.append(f"{_figure(g)} / {_figure(r)}{mark}")
         rows.append(f"| {track.name} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+    crossing = format_crossing_table(generated, real, spec)
+    return "\n".join(rows) + (f"\n\nvoice crossing, per pair (model / real):\n{crossing}" if crossing else "")
 
 
-def _figure(value: float) -> str:
+def format_crossing_table(generated: dict[str, float], real: dict[str, float], spec: GeneratorSpec) -> str:
+    """One row per pair of `crossing_pairs`: how often the part expected lower sounds above
+    the one expected higher, `model / real`, marked as in the track table ("" without pairs)."""
+    names = [spec.melody.name, *(t.name for t in spec.tracks)]
+    rows = []
+    for u, v in crossing_pairs(spec):
+        key = f"VC/{names[u]}-{names[v]}"
+        g, r = generated.get(key, float("nan")), real.get(key, float("nan"))
+        met = meets_target(key, g, r)
+        mark = "" if met is None else (" ✓" if met else " ✗")
+        rows.append(f"| {names[u]} over {names[v]} | {_figure(g, 4)} / {_figure(r, 4)}{mark} |")
+    return "\n".join(["| voices | crossing |", "|---|---|", *rows]) if rows else ""
+
+
+def _figure(value: float, digits: int = 3) -> str:
     """A table cell: the value, or a dash where there is none (a track silent throughout)."""
-    return f"{value:.3f}" if np.isfinite(value) else "-"
+    return f"{value:.{digits}f}" if np.isfinite(value) else "-"
 
 
 def _track_key(family: str, spec: GeneratorSpec, track) -> str:

@@ -259,6 +259,39 @@ def tonal_distance(
     return float(np.mean(distances)) if distances else math.nan
 
 
+# --------------------------------------------------------------------------- VC
+
+
+def top_pitch(frames: np.ndarray) -> np.ndarray:
+    """Int [T]: the column of the highest sounding pitch at each step, -1 where nothing sounds."""
+    frames = _as_frames(frames)
+    if frames.shape[1] == 0:
+        return np.full(frames.shape[0], -1)
+    highest = frames.shape[1] - 1 - np.argmax(frames[:, ::-1], axis=1)
+    return np.where(frames.any(axis=1), highest, -1)
+
+
+def voice_crossing_rate(upper: np.ndarray, lower: np.ndarray) -> float:
+    """VC: how often the voice expected lower crosses above the voice expected higher.
+
+    Among the steps where both rolls sound, the fraction where the highest sounding pitch
+    of `lower` is strictly above the highest sounding pitch of `upper`. A unison is not a
+    crossing. For single lines (a chorale voice, a string part) this is the textbook
+    voice crossing; for a chord track its top note stands for its line (the one a
+    listener follows). Both rolls share `lowest_pitch` and must have the same number of
+    steps (the value does not depend on `lowest_pitch`). nan if the two never sound
+    together.
+    """
+    a, b = _as_frames(upper), _as_frames(lower)
+    if a.shape != b.shape:
+        raise ValueError(f"rolls differ in shape: {a.shape} vs {b.shape}")
+    top_a, top_b = top_pitch(a), top_pitch(b)
+    both = (top_a >= 0) & (top_b >= 0)
+    if not both.any():
+        return math.nan
+    return float(np.mean(top_b[both] > top_a[both]))
+
+
 # --------------------------------------------------------------------------- bundles
 
 
@@ -272,6 +305,7 @@ def evaluate_multitrack(
     track_names: Sequence[str],
     melody_index: int = 0,
     drum_tracks: Sequence[int] = (),
+    voice_pairs: Sequence[tuple[int, int]] = (),
 ) -> dict[str, float]:
     """All metrics of one multitrack window `frames`/`onsets` bool [K, T, P].
 
@@ -280,6 +314,8 @@ def evaluate_multitrack(
       EB/X, UPC/X, QN/X (min steps `qn_min_steps(steps_per_beat)`), PR/X   per track
       PR/accompaniment, in_scale/accompaniment   over the OR of all accompaniment tracks
       TD/M-X   for each accompaniment track;   TD/X-Y   for each pair X before Y.
+      VC/U-L   for each (upper, lower) pair of track indices in `voice_pairs` (the
+               melody may be one of them): `voice_crossing_rate(frames[upper], frames[lower])`
     Drum tracks (`drum_tracks`, on the GM drum map) get EB/X, DP/X (16th grid) and DP8/X
     (8th grid: at 4 steps per beat every step is on the 16th grid, so DP is 1 by
     construction and DP8 is the one that tells patterns apart); pitch metrics (UPC, QN,
@@ -320,6 +356,8 @@ def evaluate_multitrack(
         out[f"TD/{track_names[j]}-{track_names[k]}"] = tonal_distance(
             frames[j], frames[k], lowest_pitch, steps_per_bar
         )
+    for upper, lower in voice_pairs:
+        out[f"VC/{track_names[upper]}-{track_names[lower]}"] = voice_crossing_rate(frames[upper], frames[lower])
     return out
 
 

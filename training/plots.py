@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
 from backline.models.midi import write_midi  # noqa: E402
@@ -16,6 +17,8 @@ from backline.models.notes import Note, Roll, roll_to_notes  # noqa: E402
 from backline.models.spec import GeneratorSpec  # noqa: E402
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from .chorales import ChoraleDataset
 
 TRACK_COLOURS = ["#1f1f1f", "#d62728", "#2ca02c", "#1f77b4", "#9467bd", "#ff7f0e", "#8c564b"]
@@ -106,25 +109,89 @@ def write_sample(generator, spec: GeneratorSpec, val_set: "ChoraleDataset", stem
                list(zip(spec.tracks, track_notes)))
 
 
-def plot_history(history: list[dict[str, Any]], real: dict[str, float], path: Path) -> None:
-    """Loss curves and the headline metrics against the training set's own values."""
-    epochs = [r["epoch"] for r in history]
-    metric_keys = ["QN", "EB", "PR/accompaniment", "in_scale/accompaniment", "TD/melody"]
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6))
-    ax = axes[0, 0]
-    for key in ("loss_d", "loss_g", "wasserstein"):
-        ax.plot(epochs, [r[key] for r in history], label=key)
-    ax.set_title("losses")
+WARMUP_COLOUR = "#fdebc8"
+METRIC_KEYS = ("QN", "EB", "PR/accompaniment", "in_scale/accompaniment", "TD/melody")
+# (panel title, [(record key, legend label)]): losses of very different sizes apart
+LOSS_PANELS = (
+    ("critic", [("loss_d", "loss_d"), ("wasserstein", "wasserstein estimate")]),
+    ("generator (adversarial epochs)", [("loss_g", "loss_g")]),
+    ("paired loss (recon)", [("recon", "recon")]),
+)
+
+
+def value(x: Any) -> float:
+    """A logged number, NaN where there is none (None in metrics.jsonl, NaN in old runs)."""
+    return float("nan") if x is None else float(x)
+
+
+def marker_size(n_epochs: int) -> float:
+    """Big enough to show a lone point; smaller, then none, as the curves get long."""
+    return 5.0 if n_epochs <= 30 else 3.0 if n_epochs <= 150 else 0.0
+
+
+def draw_curve(ax, epochs: Sequence[int], values: Sequence[float], warmup: Sequence[bool], size: float,
+               **style: Any) -> None:
+    """One curve through the epochs that have a value, a marker on each (hollow in the
+    warm-up), so a single epoch still shows."""
+    xs, ys = np.asarray(epochs), np.asarray(values, dtype=float)
+    known = np.isfinite(ys)
+    size = size if known.sum() > 1 else 5.0  # a lone value always gets its marker
+    (line,) = ax.plot(xs[known], ys[known], marker="o" if size else None, markersize=size, linewidth=1.2,
+                      **style)
+    hollow = known & np.asarray(warmup, dtype=bool)
+    if size and hollow.any():
+        ax.plot(xs[hollow], ys[hollow], linestyle="none", marker="o", markersize=size,
+                markerfacecolor="white", markeredgecolor=line.get_color())
+
+
+def shade_warmup(ax, epochs: Sequence[int], warmup: Sequence[bool]) -> None:
+    warm = [e for e, w in zip(epochs, warmup) if w]
+    if warm:
+        ax.axvspan(min(warm) - 0.5, max(warm) + 0.5, color=WARMUP_COLOUR, zorder=0, label="warm-up")
+
+
+def finish_panel(ax, title: str, epochs: Sequence[int], has_value: bool) -> None:
+    ax.set_title(title if has_value else f"{title}: no value yet", fontsize=10)
     ax.set_xlabel("epoch")
+    ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.legend(fontsize=7)
-    for ax, key in zip(axes.flat[1:], metric_keys):
-        ax.plot(epochs, [r["metrics"].get(key, np.nan) for r in history], label="generated")
-        if key in real:
-            ax.axhline(real[key], color="black", linestyle="--", linewidth=1, label="real (train)")
-        ax.set_title(key)
-        ax.set_xlabel("epoch")
-        ax.legend(fontsize=7)
+
+
+def history_figure(history: list[dict[str, Any]], real: dict[str, float]) -> "Figure":
+    """Loss curves and the headline metrics against the training set's own values; warm-up
+    epochs (generator alone on the paired loss) shaded. Epochs without a value (None or NaN)
+    are left out."""
+    epochs = [int(r["epoch"]) for r in history]
+    warmup = [bool(r.get("warmup")) for r in history]
+    size = marker_size(len(epochs))
+    fig, axes = plt.subplots(2, 4, figsize=(16, 6.5))
+    panels = list(axes.flat)
+    for ax, (title, keys) in zip(panels, LOSS_PANELS):
+        shade_warmup(ax, epochs, warmup)
+        has_value = False
+        for key, label in keys:
+            ys = [value(r.get(key)) for r in history]
+            has_value |= bool(np.isfinite(ys).any())
+            draw_curve(ax, epochs, ys, warmup, size, label=label)
+        finish_panel(ax, title, epochs, has_value)
+    for ax, key in zip(panels[len(LOSS_PANELS):], METRIC_KEYS):
+        shade_warmup(ax, epochs, warmup)
+        ys = [value(r.get("metrics", {}).get(key)) for r in history]
+        draw_curve(ax, epochs, ys, warmup, size, label="generated")
+        reference = value(real.get(key))
+        if np.isfinite(reference):
+            ax.axhline(reference, color="black", linestyle="--", linewidth=1, label="real (train)")
+        finish_panel(ax, key, epochs, bool(np.isfinite(ys).any()))
     fig.tight_layout()
+    return fig
+
+
+def plot_history(history: list[dict[str, Any]], real: dict[str, float], path: Path) -> None:
+    """`history_figure` as a PNG (nothing before the first epoch)."""
+    if not history:
+        return
+    fig = history_figure(history, real)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

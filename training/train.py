@@ -353,7 +353,7 @@ def train(
         check_resumable(state, config, spec, resume)
     nets = build_nets(config, placement, state)
     if state is not None:
-        start_epoch, history = state["epoch"], state["history"]
+        start_epoch, history = state["epoch"], [json_safe(r) for r in state["history"]]
         wall_before, step = state["wall_time_s"], state["step"]
         torch.set_rng_state(state["torch_rng"])
         rng.bit_generator.state = state["numpy_rng"]
@@ -371,7 +371,8 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         real_train, real_val = reference_metrics(train_set, val_set, spec, config.eval_windows, eval_idx)
         (out / "reference_metrics.json").write_text(
-            json.dumps({"train": real_train, "validation": real_val}, indent=2, sort_keys=True)
+            json.dumps(json_safe({"train": real_train, "validation": real_val}), indent=2, sort_keys=True,
+                       allow_nan=False)
         )
         from torch.utils.tensorboard import SummaryWriter
 
@@ -422,7 +423,7 @@ def train(
                 seed=config.seed,
             )
             record["wall_time_s"] = wall_before + time.monotonic() - started
-            history.append(record)
+            history.append(json_safe(record))
             log_epoch(record, real_train, writer, out / "metrics.jsonl")
             bar.write(format_epoch(record, real_train))
             over_budget = config.time_budget_s is not None and \
@@ -463,7 +464,7 @@ def reference_metrics(train_set: ChoraleDataset, val_set: ChoraleDataset, spec: 
 
 def mean_losses(sums: torch.Tensor, d_steps: int, g_steps: int, adversarial_g_steps: int | None = None
                 ) -> dict[str, float]:
-    """Per-epoch means; NaN for a loss no step of the epoch computed."""
+    """Per-epoch means; NaN for a loss no step of the epoch computed (null in metrics.jsonl)."""
     values = sums.tolist()
     # loss_g is the adversarial generator loss: warm-up steps (recon only) do not count.
     adversarial = g_steps if adversarial_g_steps is None else adversarial_g_steps
@@ -482,7 +483,19 @@ def log_epoch(record: dict[str, Any], real_train: dict[str, float], writer, metr
                 f"metrics/{key}", {"generated": value, "train_real": real_train.get(key, float("nan"))}, epoch,
             )
     with metrics_log.open("a") as handle:
-        handle.write(json.dumps(record, sort_keys=True) + "\n")
+        handle.write(json.dumps(json_safe(record), sort_keys=True, allow_nan=False) + "\n")
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every NaN or infinity made None (null in JSON, which has no NaN):
+    a loss no step computed, a metric of a generator that plays nothing yet."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
 
 
 def checkpoint_state(config: TrainConfig, nets: Nets, spec: GeneratorSpec, train_set: ChoraleDataset,
