@@ -431,6 +431,52 @@ def client_modes(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
     return modes
 
 
+def model_bound(model: str, device: str, notes: list[Note], batch: int, seconds: float) -> dict[str, Any]:
+    """What the model alone does with the same clips on the same cores, in this process:
+    `batch` clips at a time, as the bridge's worker batches them. Two figures: the
+    generator calls alone (the clips laid out once beforehand), and the whole clip path
+    without OSC (lay out, one batched call, decode and trim each clip)."""
+    from backline.models import registry
+    from backline.models.accompaniment import decode, run_windows
+    from backline.models.melody import prepare
+
+    from .generate import trim
+
+    generator = registry.load(model, device=device)
+    spec = generator.spec
+    prepared = prepare(spec, notes)
+    inputs = [(prepared, generator.draw_z(seed, prepared.n_windows)) for seed in range(batch)]
+
+    def calls_only() -> None:
+        for _ in run_windows(generator, inputs):
+            pass
+
+    def clip_path() -> None:
+        melodies = [prepare(spec, notes) for _ in range(batch)]
+        ready = [(m, generator.draw_z(seed, m.n_windows)) for seed, m in enumerate(melodies)]
+        for melody, probs in zip(melodies, run_windows(generator, ready)):
+            for _, track_notes in decode(spec, melody, probs).tracks:
+                trim(track_notes, CLIP_BEATS)
+
+    def rate(work: Callable[[], None]) -> float:
+        for _ in range(WARMUP_RUNS):
+            work()
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            work()
+            done += batch
+        return done / (time.perf_counter() - started)
+
+    return {"batch": batch, "windows_per_clip": prepared.n_windows,
+            "calls_clips_per_s": rate(calls_only), "path_clips_per_s": rate(clip_path)}
+
+
+def _max_batch() -> int:
+    from .engine import DEFAULT_MAX_BATCH  # not at the top: the client processes import this module
+
+    return DEFAULT_MAX_BATCH
+
+
 def measure_clients(args: argparse.Namespace) -> dict[str, Any]:
     """The concurrency sweep: each level against every server of client_modes, the levels
     in turn, the servers one after the other within a level."""
@@ -458,13 +504,18 @@ def measure_clients(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         servers.stop()
     report: dict[str, Any] = {"levels": levels, "level_seconds": args.level_seconds, "warmup_s": LEVEL_WARMUP_S,
-                              "batching": results}
+                              "batching": results,
+                              # Measured after the servers stopped, so that nothing else runs.
+                              "model_bound": model_bound(args.model, args.device, notes, _max_batch(),
+                                                         args.level_seconds)}
     for mode, rows in results.items():
         best = max(rows, key=lambda r: r["clips_per_s"])
         report[f"saturation_{mode}"] = {"clips_per_s": best["clips_per_s"], "clients": best["clients"]}
         by_level = {r["clients"]: r["clips_per_s"] for r in rows}
         if 1 in by_level and 16 in by_level and by_level[1] > 0:
             report[f"throughput_16_over_1_{mode}"] = by_level[16] / by_level[1]
+        bound = report["model_bound"]["calls_clips_per_s"]
+        report[f"share_of_bound_{mode}"] = {n: by_level[n] / bound for n in (16, 64) if n in by_level and bound > 0}
     return report
 
 
@@ -489,6 +540,16 @@ def format_clients(report: dict[str, Any]) -> list[str]:
                      f"{r['lost'] + r['short']:>6d}{times}{r['clips_per_s']:>9.1f}{ratio}{cpu}")
     lines.append("  (srv ms / cli ms: CPU ms the server / all clients used per reply; cpu: share of all "
                  f"{os.cpu_count()} cores they kept busy)")
+    bound = report.get("model_bound")
+    if bound:
+        lines.append(f"model-only bound ({bound['batch']} clips per batched call, {bound['windows_per_clip']} "
+                     f"windows each, in-process, same cores): generator calls {bound['calls_clips_per_s']:.1f} "
+                     f"clips/s; with layout and decoding, no OSC {bound['path_clips_per_s']:.1f} clips/s")
+    for mode in report["batching"]:
+        shares = report.get(f"share_of_bound_{mode}") or {}
+        if shares:
+            lines.append(f"batching {mode}: bridge throughput / model-only bound (generator calls): "
+                         + ", ".join(f"{n} clients {share:.0%}" for n, share in shares.items()))
     for mode in report["batching"]:
         every = all(r["sent"] == r["replies"] for r in report["batching"][mode])
         best = report[f"saturation_{mode}"]

@@ -275,7 +275,8 @@ def format_binding(result: dict[str, Any]) -> list[str]:
 def precision_agreement(model: str = "bach", device: str = "cpu:fp16") -> dict[str, Any]:
     """models/precision.py's measure, as figures; {'available': False, ...} where `device`
     cannot be prepared here."""
-    from backline.models.precision import MAX_FLIPPED, measure_agreement
+    from backline.models.precision import MAX_FLIPPED
+    from backline.models.agreement import measure_agreement
 
     try:
         agreement = measure_agreement(model, device)

@@ -24,8 +24,8 @@ from typing import Callable, Sequence
 
 from pythonosc.osc_message import OscMessage
 
-from backline.models.accompaniment import (MelodyError, PreparedMelody, WindowProbabilities, decode, prepare,
-                                           run_windows)
+from backline.models.melody import MelodyError, PreparedMelody, prepare
+from backline.models.accompaniment import WindowProbabilities, decode, run_windows
 from backline.models.errors import BacklineError
 from backline.models.meter import Meter, MeterError
 from backline.models.midi import MidiError, pick_melody_track, read_midi_bytes

@@ -21,7 +21,7 @@ The accompaniment is generated bar by bar, AHEAD of the playhead:
 - Key. The melody is moved as `accompany()` moves it (models/accompaniment.melody_shift):
   the key estimated from the melody heard in the last `HISTORY_BEATS` beats, then whole
   octaves towards the model's melody range; notes the model cannot take are dropped.
-- Decoding. The window's probabilities are binarised as a whole (runtime.binarise), and
+- Decoding. The window's probabilities are binarised as a whole (thresholds.binarise), and
   the last bar is read back as notes, voiced as `accompany()` voices them (drums stay on
   the drum map, each part is kept in its instrument's range a phrase at a time within
   the bar, velocities follow the window's melody and the beat). A note that sounds across the bar line with no new
@@ -61,11 +61,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from backline.models.accompaniment import MelodyError, melody_shift, voice_track
+from backline.models.melody import MelodyError, melody_shift
+from backline.models.accompaniment import voice_track
 from backline.models.errors import BacklineError
 from backline.models.notes import Note, note_runs, notes_to_roll, transpose_notes
 from backline.models.voicing import melody_velocity_curve
-from backline.models.runtime import Generator, binarise
+from backline.models.runtime import Generator
+from backline.models.thresholds import binarise
 from backline.models.spec import TrackSpec
 
 from . import protocol

@@ -19,7 +19,10 @@ from typing import Callable
 import numpy as np
 
 from .errors import BacklineError
+from .melody import prepare
+from .midi import pick_melody_track, read_midi
 from .spec import GeneratorSpec
+from .thresholds import binarise
 
 # The share of binarised cells allowed to differ: the same bar as an export's parity check
 # (training/export.py), where only cells sitting on the threshold may flip.
@@ -78,9 +81,6 @@ def probe_windows(spec: GeneratorSpec, n: int = PROBE_WINDOWS) -> np.ndarray:
 
 def _melody_windows(path: Path, spec: GeneratorSpec) -> list[np.ndarray]:
     """One melody file cut into windows by `accompany`'s own first step."""
-    from .accompaniment import prepare
-    from .midi import pick_melody_track, read_midi
-
     try:
         return list(prepare(spec, pick_melody_track(read_midi(path), None).notes).windows)
     except BacklineError:  # a melody this model cannot take
@@ -91,8 +91,6 @@ def compare(spec: GeneratorSpec, reference: tuple[np.ndarray, np.ndarray],
             candidate: tuple[np.ndarray, np.ndarray]) -> Agreement:
     """Agreement of two runs' (frames, onsets) `[windows, n_tracks, time, n_pitches]`,
     each window binarised with the model's thresholds."""
-    from .runtime import binarise
-
     max_diff = max(float(np.abs(r - c).max()) for r, c in zip(reference, candidate))
     flips = cells = 0
     for i in range(reference[0].shape[0]):
@@ -109,23 +107,3 @@ def agreement_of(spec: GeneratorSpec, reference: Run, candidate: Run, n_windows:
     melodies = probe_windows(spec, n_windows)
     z = np.random.default_rng(seed).standard_normal((n_windows, spec.z_dim)).astype(np.float32)
     return compare(spec, reference(melodies, z), candidate(melodies, z))
-
-
-def measure_agreement(model: str, device: str = "cpu:fp16", n_windows: int = PROBE_WINDOWS,
-                      seed: int = 0) -> Agreement:
-    """How `device` (e.g. cpu:fp16, cuda:fp16, tensorrt) agrees with fp32 on the CPU for
-    `model` (a name or .onnx path), measured without the load-time refusal."""
-    from . import registry
-    from .runtime import Generator
-
-    path = registry.resolve(model)
-    reference = Generator(path, device="cpu", announce=False)
-    candidate = Generator(path, device=device, announce=False, verify=False)
-
-    def runner(generator: Generator) -> Run:
-        def run(melodies: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            probs = generator.run(melodies, z)
-            return probs.frames, probs.onsets
-        return run
-
-    return agreement_of(reference.spec, runner(reference), runner(candidate), n_windows, seed)

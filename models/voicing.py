@@ -246,32 +246,42 @@ def separate_voices(tracks: Sequence[TrackSpec], pairs: Sequence[tuple[int, int]
         for notes in np.split(mine, np.flatnonzero(np.diff(phrase)) + 1):
             first = int(start[notes].min())
             last = int((start[notes] + length[notes]).max())
+            # Every step each note of the phrase covers, once: (note, step from `first`).
+            covered = np.repeat(np.arange(len(notes)), length[notes])
+            step = (start[notes][covered] - first + np.arange(len(covered))
+                    - np.repeat(np.cumsum(length[notes]) - length[notes], length[notes]))
             others = [(tops[r, first:last], is_upper) for r, is_upper in neighbours]
 
-            def crossings(placed: np.ndarray) -> int:
-                own = _tops(placed, start[notes], length[notes], first, last - first)
-                count = 0
+            def crossings(placements: np.ndarray) -> np.ndarray:
+                """Crossing steps with the neighbours of each placement `[C, notes]`."""
+                own = np.full((len(placements), last - first), -1)
+                rows_ = np.repeat(np.arange(len(placements)), len(covered))
+                np.maximum.at(own, (rows_, np.tile(step, len(placements))), placements[:, covered].ravel())
+                count = np.zeros(len(placements), dtype=int)
                 for other, is_upper in others:
                     both = (own >= 0) & (other >= 0)
-                    count += int(np.count_nonzero(both & ((own > other) if is_upper else (other > own))))
+                    count += np.count_nonzero(both & ((own > other) if is_upper else (other > own)), axis=1)
                 return count
 
-            now = crossings(fitted[notes])
+            decoded = pitch[notes]
+            octaves = np.arange(-4, 5)
+            moved = decoded[None, :] + 12 * octaves[:, None]  # [9, notes]: the phrase at each octave
+            folded = ((moved < low) | (moved > high)).sum(axis=1)
+            # fit_range's octave: the most notes inside, then the smaller move, then up.
+            fit = max(range(len(octaves)), key=lambda i: (-folded[i], -abs(octaves[i]), octaves[i]))
+            fold_costs = fold_cost * folded
+            counted = crossings(np.vstack([fitted[notes][None], _fold(moved, low, high)]))
+            now = int(counted[0])
             if now == 0:
                 continue
-            decoded = pitch[notes]
-            outside = (decoded < low) | (decoded > high)
-            fit_octave = _best_octave(decoded, low, high) if outside.any() else 0
-            # fit_range's placement is the one to beat; among cheaper ones, the smaller move.
-            best_key, best = (now + fold_cost * _outside(decoded + 12 * fit_octave, low, high), 0), None
-            for octave in range(-4, 5):
-                if octave == fit_octave:
+            best_key = (now + fold_costs[fit], 0)
+            best = None
+            for i, octave in enumerate(octaves):
+                if i == fit:
                     continue
-                moved = decoded + 12 * octave
-                placed = _fold(moved, low, high)
-                key = (crossings(placed) + fold_cost * _outside(moved, low, high), abs(octave - fit_octave))
+                key = (int(counted[1 + i]) + int(fold_costs[i]), abs(int(octave) - int(octaves[fit])))
                 if key < best_key:
-                    best_key, best = key, placed
+                    best_key, best = key, _fold(moved[i], low, high)
             if best is not None:
                 fitted[notes] = best
                 tops[row, first:last] = _tops(best, start[notes], length[notes], first, last - first)

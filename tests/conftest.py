@@ -27,7 +27,7 @@ SMALL_VAL = ("bach/bwv122.6", "bach/bwv286")
 def _convert(names):
     from music21 import corpus
 
-    from backline.training.chorales import convert_piece
+    from backline.training.sources.chorales import convert_piece
 
     return [convert_piece(corpus.parse(name), name) for name in names]
 
@@ -106,9 +106,9 @@ def private_user_folders(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_data():
     """(train, validation) windows from six real chorales."""
-    from backline.training.chorales import windows_from_pieces
+    from backline.training.data.build import chorale_windows
 
-    return windows_from_pieces(_convert(SMALL_TRAIN)), windows_from_pieces(_convert(SMALL_VAL))
+    return chorale_windows(_convert(SMALL_TRAIN)), chorale_windows(_convert(SMALL_VAL))
 
 
 def tiny_config(out_dir: Path, **overrides):
@@ -143,10 +143,11 @@ def tiny_model(tiny_checkpoint, small_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_chorale_cache(tmp_path_factory) -> Path:
     """A $BACKLINE_CACHE folder whose chorale cache holds the six chorales of `small_data`."""
-    from backline.training.chorales import cache_name, save_pieces
+    from backline.training.data.build import chorale_cache_name
+    from backline.training.data.cache import save_pieces
 
     folder = tmp_path_factory.mktemp("chorale-cache")
-    save_pieces(folder / cache_name(), _convert(SMALL_TRAIN + SMALL_VAL))
+    save_pieces(folder / chorale_cache_name(), _convert(SMALL_TRAIN + SMALL_VAL))
     return folder
 
 

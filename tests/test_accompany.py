@@ -6,7 +6,8 @@ import mido
 import numpy as np
 import pytest
 
-from backline.models.accompaniment import MelodyError, accompany
+from backline.models.melody import MelodyError
+from backline.models.accompaniment import accompany
 from backline.models.midi import read_midi, write_midi
 from backline.models.notes import Note
 from backline.models.runtime import Generator

@@ -52,7 +52,14 @@ def test_bench_prints_every_row_with_numbers(tmp_path):
         server_ms, client_ms, busy_share = float(r[12]), float(r[13]), float(r[14].rstrip("%"))
         assert server_ms > 0 and client_ms > 0 and 0 < busy_share <= 100  # /proc is there on Linux
     assert lines[header + 6].strip().startswith("(srv ms / cli ms: CPU ms the server / all clients used per reply")
-    summary = lines[header + 7:header + 9]
+    bound = re.fullmatch(r"model-only bound \(16 clips per batched call, (\d+) windows each, in-process, same cores\): "
+                         rf"generator calls ({NUMBER}) clips/s; with layout and decoding, no OSC ({NUMBER}) clips/s",
+                         lines[header + 7])
+    assert bound, lines[header + 7]
+    calls, path = float(bound.group(2)), float(bound.group(3))
+    assert calls > 0 and path > 0
+    # The bridge's share of the bound: only the levels of 16 and 64 clients have one (here: none).
+    summary = lines[header + 8:header + 10]
     assert [line.split(":")[0] for line in summary] == ["batching on", "batching off"]
     assert all("throughput at saturation" in line and "clips/s" in line for line in summary)
     assert lines[-2:] == ["live: skipped", "delivery: skipped"]

@@ -7,7 +7,8 @@ import pytest
 
 music21 = pytest.importorskip("music21")
 
-from backline.training import chorales as ch  # noqa: E402
+from backline.training.data import build, cache, grid, split  # noqa: E402
+from backline.training.sources import chorales as ch  # noqa: E402
 
 # name: (beats per bar, starts with a pickup bar). 3/4 with a one-beat pickup, 4/4 with a
 # one-beat pickup, 4/4 without a pickup, 3/4 without a pickup.
@@ -76,10 +77,10 @@ def test_bar_grid_matches_music21_beats(scores, pieces):
         pad = _padding(score.parts[0])
         for track, part in enumerate(score.parts):
             for n, midi in _written_notes(part):
-                step = round((float(n.getOffsetInHierarchy(part)) + pad) * ch.STEPS_PER_BEAT)
-                expected_in_bar = round((float(n.beat) - 1) * ch.STEPS_PER_BEAT)
+                step = round((float(n.getOffsetInHierarchy(part)) + pad) * grid.STEPS_PER_BEAT)
+                expected_in_bar = round((float(n.beat) - 1) * grid.STEPS_PER_BEAT)
                 assert step % piece.steps_per_bar == expected_in_bar, (name, track, n)
-                column = midi + piece.shift - ch.LOWEST_PITCH
+                column = midi + piece.shift - grid.LOWEST_PITCH
                 assert piece.onsets[track, step, column], (name, track, n, step)
 
 
@@ -92,7 +93,7 @@ def test_downbeat_of_first_full_bar(scores, pieces):
             first = bar.notes[0]
             assert first.offset == 0 and first.beat == 1
             step = spb if PIECES[name][1] else 0
-            column = first.pitch.midi + piece.shift - ch.LOWEST_PITCH
+            column = first.pitch.midi + piece.shift - grid.LOWEST_PITCH
             assert piece.onsets[track, step, column], (name, track)
             assert step % spb == 0
 
@@ -108,8 +109,8 @@ def test_ties_merge_into_one_note(scores, pieces):
             for n in part.recurse().notes:
                 if n.isChord or n.tie is None or n.tie.type not in ("stop", "continue"):
                     continue
-                step = round((float(n.getOffsetInHierarchy(part)) + pad) * ch.STEPS_PER_BEAT)
-                column = n.pitch.midi + piece.shift - ch.LOWEST_PITCH
+                step = round((float(n.getOffsetInHierarchy(part)) + pad) * grid.STEPS_PER_BEAT)
+                column = n.pitch.midi + piece.shift - grid.LOWEST_PITCH
                 assert piece.frames[track, step, column]  # still sounding
                 assert not piece.onsets[track, step, column]  # but not restruck
                 assert piece.frames[track, step - 1, column]  # continuous with the start
@@ -119,8 +120,8 @@ def test_ties_merge_into_one_note(scores, pieces):
 
 def test_three_four_windows_are_four_bars(pieces):
     piece = pieces["bach/bwv269"]
-    ds = ch.windows_from_pieces([piece])
-    assert ds.frames.shape[1:] == (4, 48, ch.N_PITCHES)
+    ds = build.chorale_windows([piece])
+    assert ds.frames.shape[1:] == (4, 48, grid.N_PITCHES)
     assert ds.onsets.shape == ds.frames.shape
     assert ch.WINDOW_STEPS == 48 == 4 * 12
     assert set(ds.steps_per_bar.tolist()) == {12}
@@ -130,7 +131,7 @@ def test_three_four_windows_are_four_bars(pieces):
     assert last + 48 <= piece.n_steps and last + 12 + 48 > piece.n_steps
     np.testing.assert_array_equal(ds.frames[1], piece.frames[:, 12:60])
     # a 4/4 piece: 3 bars of 16
-    ds44 = ch.windows_from_pieces([pieces["bach/bwv10.7"]])
+    ds44 = build.chorale_windows([pieces["bach/bwv10.7"]])
     assert set(ds44.steps_per_bar.tolist()) == {16}
     assert np.all(ds44.window_start % 16 == 0)
 
@@ -158,19 +159,19 @@ def test_notes_fit_the_pitch_range(scores, pieces):
         piece = pieces[name]
         for track, part in enumerate(score.parts):
             midis = [midi + piece.shift for _, midi in _written_notes(part)]
-            assert ch.LOWEST_PITCH <= min(midis)
-            assert max(midis) < ch.LOWEST_PITCH + ch.N_PITCHES
+            assert grid.LOWEST_PITCH <= min(midis)
+            assert max(midis) < grid.LOWEST_PITCH + grid.N_PITCHES
             columns = np.flatnonzero(piece.frames[track].any(axis=0))
-            assert columns[0] + ch.LOWEST_PITCH == min(midis)
-            assert columns[-1] + ch.LOWEST_PITCH == max(midis)
-    assert ch.N_PITCHES % 16 == 0
+            assert columns[0] + grid.LOWEST_PITCH == min(midis)
+            assert columns[-1] + grid.LOWEST_PITCH == max(midis)
+    assert grid.N_PITCHES % 16 == 0
 
 
 def test_skipped_pieces():
-    with pytest.raises(ch.SkipPiece) as info:
+    with pytest.raises(grid.SkipPiece) as info:
         ch.convert_piece(music21.corpus.parse("bach/bwv1.6"), "bach/bwv1.6")
     assert info.value.reason == "parts not exactly SATB"
-    with pytest.raises(ch.SkipPiece) as info:
+    with pytest.raises(grid.SkipPiece) as info:
         ch.convert_piece(music21.corpus.parse("bach/bwv123.6"), "bach/bwv123.6")
     assert info.value.reason == "other meter"  # 3/2
     assert ch.piece_rolls(music21.corpus.parse("bach/bwv1.6"), "bach/bwv1.6") is None
@@ -179,13 +180,13 @@ def test_skipped_pieces():
 def test_split_is_by_piece_and_stable():
     names = ch.corpus_names()
     assert len(names) > 400
-    train, val = ch.split_names(names)
+    train, val = split.split_names(names)
     assert not set(train) & set(val)
     assert sorted(train + val) == sorted(names)
     assert 0.05 < len(val) / len(names) < 0.15
-    assert ch.split_names(reversed(names)) == (train[::-1], val[::-1])
-    assert all(ch.is_validation(n) for n in val)
-    assert not any(ch.is_validation(n) for n in train)
+    assert split.split_names(reversed(names)) == (train[::-1], val[::-1])
+    assert all(split.is_validation(n) for n in val)
+    assert not any(split.is_validation(n) for n in train)
 
 
 def _renamed(piece, name, new_melody=False):
@@ -193,43 +194,43 @@ def _renamed(piece, name, new_melody=False):
     if new_melody:  # another melody: the soprano a semitone higher
         frames[0] = np.roll(frames[0], 1, axis=-1)
         onsets[0] = np.roll(onsets[0], 1, axis=-1)
-    return ch.PieceRolls(**{**vars(piece), "name": name, "frames": frames, "onsets": onsets})
+    return grid.PieceRolls(**{**vars(piece), "name": name, "frames": frames, "onsets": onsets})
 
 
-def test_split_dataset_never_shares_a_piece(pieces):
+def test_split_chorales_never_shares_a_piece(pieces):
     candidates = [f"x/{i}" for i in range(1000)]
-    val_like = [n for n in candidates if ch.is_validation(n)][:2]
-    train_like = [n for n in candidates if not ch.is_validation(n)][:2]
+    val_like = [n for n in candidates if split.is_validation(n)][:2]
+    train_like = [n for n in candidates if not split.is_validation(n)][:2]
     extra = val_like + train_like
     # copies under other names with other melodies: two validation names, two train names
     fake = [_renamed(p, n, new_melody=True) for p, n in zip(pieces.values(), extra)]
     all_pieces = list(pieces.values()) + fake
-    train, val = ch.split_dataset(all_pieces)
+    train, val = build.split_chorales(all_pieces)
     train_names = {train.piece_names[i] for i in np.unique(train.piece_index)}
     val_names = {val.piece_names[i] for i in np.unique(val.piece_index)}
     assert set(val_like) <= val_names and set(train_like) <= train_names
     assert not train_names & val_names
     assert train_names | val_names == {p.name for p in all_pieces}
-    assert len(train) + len(val) == sum(len(p.window_starts()) for p in all_pieces)
+    assert len(train) + len(val) == sum(len(p.window_starts(ch.WINDOW_STEPS)) for p in all_pieces)
 
 
 def test_same_melody_lands_in_one_split(pieces):
     """A chorale melody harmonised twice (same Soprano) never straddles the split."""
     base = pieces["bach/bwv10.7"]
     names = [f"y/{i}" for i in range(1000)]
-    v = next(n for n in names if ch.is_validation(n))
-    t = next(n for n in names if not ch.is_validation(n) and n > v)
+    v = next(n for n in names if split.is_validation(n))
+    t = next(n for n in names if not split.is_validation(n) and n > v)
     twins = [_renamed(base, v), _renamed(base, t)]  # v sorts first and decides
-    assert ch.split_keys(twins) == [v, v]
-    train, val = ch.split_dataset(twins)
+    assert split.split_keys(twins) == [v, v]
+    train, val = build.split_chorales(twins)
     assert len(train) == 0 and set(val.piece_names) == {v, t}
     twins = [_renamed(base, t), _renamed(base, t + "0")]
-    train, val = ch.split_dataset(twins)
+    train, val = build.split_chorales(twins)
     assert len(val) == 0 and len(train.piece_names) == 2
 
 
 def test_subset(pieces):
-    ds = ch.windows_from_pieces(list(pieces.values()))
+    ds = build.chorale_windows(list(pieces.values()))
     mask = ds.steps_per_bar == 12
     sub = ds.subset(mask)
     assert len(sub) == int(mask.sum()) > 0
@@ -242,9 +243,9 @@ def test_subset(pieces):
 def test_cache_round_trip(tmp_path, pieces, monkeypatch):
     original = list(pieces.values())
     info = {"corpus_files": 4, "kept": 4, "skipped": {}}
-    ch.save_pieces(tmp_path / ch.cache_name(), original, info)
-    assert not [p for p in tmp_path.iterdir() if p.name != ch.cache_name()]  # no temp left
-    loaded, loaded_info = ch.load_pieces_file(tmp_path / ch.cache_name())
+    cache.save_pieces(tmp_path / build.chorale_cache_name(), original, info)
+    assert not [p for p in tmp_path.iterdir() if p.name != build.chorale_cache_name()]  # no temp left
+    loaded, loaded_info = cache.load_pieces_file(tmp_path / build.chorale_cache_name())
     assert loaded_info == info
     for a, b in zip(original, loaded):
         assert (a.name, a.beats_per_bar, a.key_tonic, a.key_mode, a.shift) == (
@@ -252,11 +253,11 @@ def test_cache_round_trip(tmp_path, pieces, monkeypatch):
         np.testing.assert_array_equal(a.frames, b.frames)
         np.testing.assert_array_equal(a.onsets, b.onsets)
 
-    # load_dataset reads the cache and never rebuilds
+    # load_chorales reads the cache and never rebuilds
     def no_build(*args, **kwargs):
         raise AssertionError("should have read the cache")
 
-    monkeypatch.setattr(ch, "_build", no_build)
-    train, val = ch.load_dataset(cache_dir=tmp_path, progress=False)
-    assert len(train) + len(val) == sum(len(p.window_starts()) for p in original)
-    assert "pieces" in ch.dataset_summary(train, val)
+    monkeypatch.setattr(ch, "read_corpus", no_build)
+    train, val = build.load_chorales(cache_dir=tmp_path, progress=False)
+    assert len(train) + len(val) == sum(len(p.window_starts(ch.WINDOW_STEPS)) for p in original)
+    assert "pieces" in build.chorale_summary(train, val)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from backline.models.notes import Note, Roll, note_runs, roll_to_notes
-from backline.models.runtime import MONOPHONIC_TOP_K, binarise
+from backline.models.thresholds import MONOPHONIC_TOP_K, binarise
 from backline.models.spec import TrackSpec
 
 from .fake_models import fixed_spec
@@ -110,7 +110,7 @@ def held_step_by_step(p: np.ndarray, threshold: float, hold: float) -> np.ndarra
 
 @pytest.mark.parametrize("seed", range(30))
 def test_held_cells_follow_the_step_by_step_hold_rule(seed):
-    from backline.models.runtime import held_cells
+    from backline.models.thresholds import held_cells
 
     rng = np.random.default_rng(seed)
     p = rng.random((int(rng.integers(1, 50)), int(rng.integers(1, 20)))) ** rng.uniform(0.5, 3)

@@ -62,10 +62,11 @@ def epoch_lines(stdout: str) -> list[str]:
 @pytest.fixture(scope="module")
 def chorale_cache(tmp_path_factory) -> Path:
     """A BACKLINE_CACHE folder whose chorale cache holds six real chorales (four train, two validation)."""
-    from backline.training.chorales import cache_name, save_pieces
+    from backline.training.data.build import chorale_cache_name
+    from backline.training.data.cache import save_pieces
 
     folder = tmp_path_factory.mktemp("cache")
-    save_pieces(folder / cache_name(), _convert(SMALL_TRAIN + SMALL_VAL))
+    save_pieces(folder / chorale_cache_name(), _convert(SMALL_TRAIN + SMALL_VAL))
     return folder
 
 

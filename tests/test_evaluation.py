@@ -6,7 +6,7 @@ import numpy as np
 
 from dataclasses import replace
 
-from backline.models.runtime import binarise
+from backline.models.thresholds import binarise
 from backline.training.evaluation import calibrate_decoding, count_notes, meets_target
 
 from .conftest import run_backline

@@ -1,5 +1,5 @@
 """Melodies the models were not trained for get a clear answer: meters (models/meter.py)
-and registers far outside the one a model learned (models/accompaniment.prepare).
+and registers far outside the one a model learned (models/melody.prepare).
 
 Run on the shipped models and real MIDI files written with mido."""
 
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from backline.models import registry
-from backline.models.accompaniment import accompany, prepare
+from backline.models.accompaniment import accompany
+from backline.models.melody import prepare
 from backline.models.meter import Meter, MeterError, parse_meter
 from backline.models.notes import Note
 from backline.models.voicing import accents

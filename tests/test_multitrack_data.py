@@ -22,13 +22,14 @@ import pytest
 from backline.models.errors import BacklineError
 from backline.models.midi import read_midi
 from backline.models.notes import Note
-from backline.training.chorales import LOWEST_PITCH, N_PITCHES, STEPS_PER_BEAT, PieceRolls, SkipPiece, is_validation
 from backline.training.data import build
 from backline.training.data.build import DataError, data_summary, load_data, load_training_data
 from backline.training.data.genres import DRUM_PITCHES, DRUM_VOICES, GENRES, family_role, quartet_role
+from backline.training.data.grid import LOWEST_PITCH, N_PITCHES, STEPS_PER_BEAT, PieceRolls, SkipPiece
 from backline.training.data.melody import choose_melody, split_top_line
 from backline.training.data.pieces import convert_score
-from backline.training.data.windows import split_by_piece, validation_keys, windows_from_pieces
+from backline.training.data.split import is_validation, split_by_piece, validation_keys
+from backline.training.data.windows import windows_from_pieces
 
 from .conftest import run_backline
 from .debian_music import openmsx

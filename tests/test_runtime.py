@@ -14,7 +14,8 @@ import pytest
 
 from backline.models import registry
 from backline.models.errors import BacklineError
-from backline.models.runtime import Generator, ModelLoadError, binarise, choose_providers
+from backline.models.runtime import Generator, ModelLoadError, choose_providers
+from backline.models.thresholds import binarise
 from backline.models.spec import METADATA_KEY
 
 from .conftest import run_backline
@@ -613,7 +614,7 @@ def test_gpu_devices_without_a_gpu_fall_back_quietly(tiny_model, device):
 
 
 def test_probe_windows_are_the_example_melodies_as_accompany_cuts_them(tiny_model):
-    from backline.models.accompaniment import prepare
+    from backline.models.melody import prepare
     from backline.models.midi import pick_melody_track, read_midi
     from backline.models.precision import EXAMPLES, probe_windows
 
@@ -629,7 +630,8 @@ def test_probe_windows_are_the_example_melodies_as_accompany_cuts_them(tiny_mode
 
 
 def test_fp16_agreement_is_measured_against_fp32(tiny_model):
-    from backline.models.precision import PROBE_WINDOWS, measure_agreement
+    from backline.models.precision import PROBE_WINDOWS
+    from backline.models.agreement import measure_agreement
 
     agreement = measure_agreement(str(tiny_model), "cpu:fp16")
     assert agreement.n_windows == PROBE_WINDOWS
@@ -642,9 +644,10 @@ def test_fp16_agreement_is_measured_against_fp32(tiny_model):
 
 def test_fp16_that_changes_notes_is_refused_for_fp32(tiny_model, caplog, monkeypatch):
     from backline.models import precision
+    from backline.models.agreement import measure_agreement
 
     accepted = Generator(tiny_model, device="cpu:fp16", announce=False)
-    agreement = precision.measure_agreement(str(tiny_model), "cpu:fp16")
+    agreement = measure_agreement(str(tiny_model), "cpu:fp16")
     assert accepted.provider == ("CPUExecutionProvider (fp16)" if agreement.ok() else "CPUExecutionProvider")
     # The same check with no flips allowed and a difference required: fp16 is refused.
     monkeypatch.setattr(precision, "MAX_FLIPPED", -1.0)

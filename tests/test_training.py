@@ -245,7 +245,8 @@ def test_training_throughput_times_real_steps():
 
 
 def test_throughput_data_is_the_chorale_cache_else_random_rolls(tmp_path):
-    from backline.training.chorales import cache_name, save_pieces
+    from backline.training.data.build import chorale_cache_name
+    from backline.training.data.cache import save_pieces
     from backline.training.throughput import training_rolls
 
     from .conftest import SMALL_TRAIN, _convert
@@ -255,7 +256,7 @@ def test_throughput_data_is_the_chorale_cache_else_random_rolls(tmp_path):
     assert frames.shape == onsets.shape and frames.shape[1:] == (4, 48, 64)
     assert 0 < frames.mean() < 0.05 and not (onsets & ~frames).any()
 
-    save_pieces(tmp_path / cache_name(), _convert(SMALL_TRAIN))
+    save_pieces(tmp_path / chorale_cache_name(), _convert(SMALL_TRAIN))
     frames, onsets, source = training_rolls(64, cache_dir=tmp_path)
     assert source == f"cached chorales ({frames.shape[0]} training windows)"
     assert frames.shape[1:] == (4, 48, 64) and frames.shape[0] > 0

@@ -253,7 +253,9 @@ def bwv433():
     own key, and the real parts' top pitches per step."""
     music21 = pytest.importorskip("music21")
     from backline.models.notes import Roll, roll_to_notes
-    from backline.training.chorales import LOWEST_PITCH, convert_piece, is_validation
+    from backline.training.data.grid import LOWEST_PITCH
+    from backline.training.data.split import is_validation
+    from backline.training.sources.chorales import convert_piece
 
     assert is_validation("bach/bwv433")
     piece = convert_piece(music21.corpus.parse("bach/bwv433"), "bach/bwv433")

@@ -16,7 +16,7 @@ import torch
 
 from backline.models.errors import BacklineError
 
-from .chorales import ChoraleDataset
+from .data.windows import WindowDataset
 
 
 class DeviceWindows:
@@ -28,7 +28,7 @@ class DeviceWindows:
         self.n_tracks = frames.shape[1] - 1
 
     @classmethod
-    def from_dataset(cls, data: ChoraleDataset, device: torch.device) -> "DeviceWindows":
+    def from_dataset(cls, data: WindowDataset, device: torch.device) -> "DeviceWindows":
         return cls(data.frames, data.onsets, device)
 
     def __len__(self) -> int:

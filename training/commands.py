@@ -16,9 +16,8 @@ from . import distributed
 from .batches import check_split
 from .card import write_card
 from .checkpoint import load_checkpoint
-from .chorales import ChoraleDataset
-from .data.windows import WindowDataset
 from .data.build import default_genre, load_data, summary
+from .data.windows import WindowDataset
 from .evaluation import accompany_and_score, calibrate_decoding, format_table, format_track_table, headline, score_windows
 from .networks import net_config_for
 from .train import TrainConfig, fixed_subset, train, window_modes
@@ -26,7 +25,7 @@ from .train import TrainConfig, fixed_subset, train, window_modes
 log = logging.getLogger("backline.training")
 
 
-def limit_pieces(data: ChoraleDataset, max_pieces: int | None) -> ChoraleDataset:
+def limit_pieces(data: WindowDataset, max_pieces: int | None) -> WindowDataset:
     if max_pieces is None:
         return data
     return data.subset(data.piece_index < max_pieces)
@@ -86,7 +85,7 @@ def command_line(placement: distributed.Placement) -> str:
     return shlex.join(["torchrun", f"--nproc_per_node={per_node}", "-m", "backline.bridge.cli", *sys.argv[1:]])
 
 
-def validation_metrics(generate, spec, val_set: ChoraleDataset, seed: int = 0) -> dict[str, float]:
+def validation_metrics(generate, spec, val_set: WindowDataset, seed: int = 0) -> dict[str, float]:
     modes = window_modes(val_set)
     return accompany_and_score(generate, spec, val_set.frames, val_set.onsets,
                                val_set.steps_per_bar, modes, seed=seed)

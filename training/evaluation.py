@@ -1,7 +1,7 @@
 """Music metrics of a generator's accompaniment beside those of the real chorales.
 
 The same code scores a PyTorch generator during training and an exported ONNX model in
-`backline evaluate`: both go through `backline.models.runtime.binarise`, the exact
+`backline evaluate`: both go through `backline.models.thresholds.binarise`, the exact
 decoding the bridge uses, so the numbers describe what a user will hear. Voice crossing
 (VC) is read one step further on, after the decoder's voicing (`voiced_windows`): moving
 parts into their instruments' ranges moves whole phrases by octaves, which changes which
@@ -17,7 +17,7 @@ import numpy as np
 
 from backline.models.keys import Key
 from backline.models.notes import note_runs
-from backline.models.runtime import binarise
+from backline.models.thresholds import binarise
 from backline.models.spec import GeneratorSpec
 from backline.models.voicing import roll_top, voice_pairs, voice_parts
 

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from backline.models.runtime import Generator, binarise
+from backline.models.runtime import Generator
+from backline.models.thresholds import binarise
 from backline.models.spec import METADATA_KEY, GeneratorSpec
 
 from .checkpoint import load_checkpoint

@@ -19,7 +19,7 @@ from backline.models.spec import GeneratorSpec  # noqa: E402
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .chorales import ChoraleDataset
+    from .data.windows import WindowDataset
 
 TRACK_COLOURS = ["#1f1f1f", "#d62728", "#2ca02c", "#1f77b4", "#9467bd", "#ff7f0e", "#8c564b"]
 SAMPLE_WINDOWS = (0, 1)  # which validation windows every checkpoint draws, always the same
@@ -73,15 +73,15 @@ def save_roll_png(path: Path, panels: Sequence[Panel], names: Sequence[str], dru
     plt.close(fig)
 
 
-def write_sample(generator, spec: GeneratorSpec, val_set: "ChoraleDataset", stem: Path, *, seed: int) -> None:
-    """Accompany the fixed validation melodies; write `stem.png` (real vs generated) and
-    `stem.mid` (the generated windows one after another)."""
+def write_sample(generate, spec: GeneratorSpec, val_set: "WindowDataset", stem: Path, *, seed: int) -> None:
+    """Accompany the fixed validation melodies with `generate` ((melody, z) -> (frames,
+    onsets), numpy); write `stem.png` (real vs generated) and `stem.mid` (the generated
+    windows one after another)."""
     from .evaluation import generate_windows
-    from .train import torch_generate_fn
 
     idx = [i for i in SAMPLE_WINDOWS if i < val_set.frames.shape[0]]
     real = val_set.frames[idx]
-    gen_f, gen_o = generate_windows(torch_generate_fn(generator), spec, real[:, 0], seed=seed)
+    gen_f, gen_o = generate_windows(generate, spec, real[:, 0], seed=seed)
     names = [spec.melody.name, *(t.name for t in spec.tracks)]
     window_beats = spec.window_steps / spec.steps_per_beat
 

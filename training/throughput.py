@@ -20,7 +20,8 @@ import torch
 
 from . import distributed
 from .batches import DeviceWindows, epoch_batches
-from .chorales import cache_name, default_cache_dir, load_pieces_file, split_dataset
+from .data.build import chorale_cache_name, split_chorales
+from .data.cache import default_cache_dir, load_pieces_file
 from .networks import NetConfig
 from .train import TrainConfig, build_nets, critic_step, draw_z, generator_step, warmup_step
 
@@ -30,10 +31,10 @@ DENSITY = 0.02  # about 1 cell in 50 sounds in the chorales
 
 def training_rolls(n_pitches: int, cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray, str]:
     """(frames, onsets, where they came from): the cached chorales' training windows, else random rolls."""
-    path = Path(cache_dir or default_cache_dir()) / cache_name()
+    path = Path(cache_dir or default_cache_dir()) / chorale_cache_name()
     if path.is_file():
         try:
-            train_set, _ = split_dataset(*load_pieces_file(path))
+            train_set, _ = split_chorales(*load_pieces_file(path))
             if train_set.n_pitches == n_pitches:
                 return train_set.frames, train_set.onsets, f"cached chorales ({len(train_set)} training windows)"
         except (OSError, ValueError, KeyError):

@@ -45,8 +45,8 @@ from backline.models.spec import GeneratorSpec
 
 from . import distributed
 from .batches import DeviceWindows, check_split, epoch_batches
-from .chorales import ChoraleDataset
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .data.windows import WindowDataset
 from .distributed import GeneratorLogits, Placement
 from .evaluation import accompany_and_score, score_windows
 from .layout import genre_spec
@@ -92,7 +92,7 @@ class TrainConfig:
         return cls(**data)
 
 
-def window_modes(data: ChoraleDataset, idx: np.ndarray | None = None) -> list[str]:
+def window_modes(data: WindowDataset, idx: np.ndarray | None = None) -> list[str]:
     """'major' or 'minor' for each window (its piece's mode after key normalisation)."""
     pieces = data.piece_index if idx is None else data.piece_index[idx]
     return [data.piece_modes[i] for i in pieces]
@@ -273,7 +273,7 @@ def monophonic_tracks(frames: np.ndarray, drums: "list[bool] | None" = None) -> 
     return out
 
 
-def build_spec(config: TrainConfig, train: ChoraleDataset, **extra) -> GeneratorSpec:
+def build_spec(config: TrainConfig, train: WindowDataset, **extra) -> GeneratorSpec:
     return genre_spec(
         config.genre,
         config.net,
@@ -327,8 +327,8 @@ def fixed_subset(n: int, size: int, seed: int = 1234) -> np.ndarray:
 
 def train(
     config: TrainConfig,
-    train_set: ChoraleDataset,
-    val_set: ChoraleDataset,
+    train_set: WindowDataset,
+    val_set: WindowDataset,
     *,
     resume: Path | None = None,
     progress: bool = True,
@@ -447,7 +447,7 @@ def train(
 # --------------------------------------------------------------------------- what rank 0 writes
 
 
-def reference_metrics(train_set: ChoraleDataset, val_set: ChoraleDataset, spec: GeneratorSpec,
+def reference_metrics(train_set: WindowDataset, val_set: WindowDataset, spec: GeneratorSpec,
                       size: int, eval_idx: np.ndarray) -> tuple[dict, dict]:
     """The real data's own metrics on the fixed subsets, computed once."""
     train_idx = fixed_subset(len(train_set), size)
@@ -498,8 +498,8 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def checkpoint_state(config: TrainConfig, nets: Nets, spec: GeneratorSpec, train_set: ChoraleDataset,
-                     val_set: ChoraleDataset, record: dict[str, Any], history: list,
+def checkpoint_state(config: TrainConfig, nets: Nets, spec: GeneratorSpec, train_set: WindowDataset,
+                     val_set: WindowDataset, record: dict[str, Any], history: list,
                      rng: np.random.Generator, reference: tuple[dict, dict]) -> dict[str, Any]:
     return {
         "architecture": architecture_name(config.net),
@@ -532,11 +532,11 @@ def checkpoint_state(config: TrainConfig, nets: Nets, spec: GeneratorSpec, train
     }
 
 
-def save_samples(generator: nn.Module, spec: GeneratorSpec, val_set: ChoraleDataset, out: Path,
+def save_samples(generator: nn.Module, spec: GeneratorSpec, val_set: WindowDataset, out: Path,
                  epoch: int, history: list, real_train: dict[str, float], seed: int) -> None:
     from .plots import plot_history, write_sample  # matplotlib loads only when training
 
-    write_sample(generator, spec, val_set, out / "samples" / f"epoch-{epoch:03d}", seed=seed)
+    write_sample(torch_generate_fn(generator), spec, val_set, out / "samples" / f"epoch-{epoch:03d}", seed=seed)
     plot_history(history, real_train, out / "losses.png")
 
 

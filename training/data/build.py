@@ -1,11 +1,15 @@
 """A `--data` value -> cached (train, validation) window sets, with a summary.
 
-`--data` is `chorales` (music21's Bach chorales, the `bach` model's data), `quartets`
-(music21's string quartets, see `quartets.py`), or one or more paths: MIDI files, Doom
-WADs, LPD / pypianoroll `.npz` files, or folders of them read recursively
+`--data` is `chorales` (music21's Bach chorales, the `bach` model's data, read by
+`training/sources/chorales.py`), `quartets` (music21's string quartets,
+`training/sources/quartets.py`), or one or more paths: MIDI files, Doom WADs, LPD /
+pypianoroll `.npz` files, or folders of them read recursively
 (`training/sources/discover.py`).
 
-Every file is converted by `pieces.convert_score`; a file that cannot be read or used is
+The chorales keep their own conversion (SATB parts, music21's key analysis) and their
+own cache file; they are cut into 12-beat windows and split by the hash bucket alone (the
+chorale section below). Everything else goes through the multi-track builder: every
+file is converted by `pieces.convert_score`; a file that cannot be read or used is
 reported with its reason and skipped, never fatal. Identical pieces (the same music
 after key normalisation, e.g. one song in two WADs) are kept once. The split is by file:
 every segment of a file, and every file with the same melody, lands on one side.
@@ -30,10 +34,13 @@ import numpy as np
 from backline.models.errors import BacklineError
 from backline.models.midi import MidiScore
 
-from ..chorales import N_PITCHES, STEPS_PER_BEAT, PieceRolls, SkipPiece, _content_digest, default_cache_dir, load_pieces_file, save_pieces
+from ..sources import chorales
+from .cache import FORMAT_VERSION, default_cache_dir, load_pieces_file, save_pieces
 from .genres import Genre
+from .grid import LOWEST_PITCH, N_PITCHES, STEPS_PER_BEAT, PieceRolls, SkipPiece, content_digest
 from .pieces import convert_score
-from .windows import WindowDataset, split_by_piece, windows_from_pieces
+from .split import split_by_bucket, split_by_piece
+from .windows import WindowDataset, windows_from_pieces
 
 log = logging.getLogger("backline.training")
 
@@ -67,8 +74,11 @@ def code_version() -> str:
     """A digest of the code that converts files, so a changed rule rebuilds the cache."""
     here = Path(__file__).parent
     digest = hashlib.sha1()
-    for name in ("pieces.py", "melody.py", "genres.py", "quartets.py"):
-        digest.update((here / name).read_bytes())
+    sources = here.parent / "sources"
+    # quartets.py reads its parts with chorales.py's part_notes: both shape the quartet windows.
+    for path in (here / "pieces.py", here / "melody.py", here / "genres.py", sources / "quartets.py",
+                 sources / "chorales.py"):
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
 
@@ -113,7 +123,7 @@ class BuildReport:
 def named_sources(data: str) -> tuple[list[Source], str, str] | None:
     """(sources, description, licence) of a named corpus, or None for a path."""
     if data == "quartets":
-        from .quartets import LICENCE, quartet_paths, read_quartet
+        from ..sources.quartets import LICENCE, quartet_paths, read_quartet
 
         sources = [Source(name, (lambda p=path: read_quartet(p)), melody_track="0")
                    for name, path in quartet_paths()]
@@ -173,7 +183,7 @@ def convert_sources(sources: Iterable[Source], genre: Genre, melody_track: str |
         except (BacklineError, ValueError, OSError, EOFError, KeyError, IndexError) as exc:
             report.skip("unreadable", source.name, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
             continue
-        digest = _content_digest(conversion.segments[0], range(1 + len(genre.roles)))
+        digest = content_digest(conversion.segments[0], range(1 + len(genre.roles)))
         if digest in seen:
             report.skip("duplicate", source.name, f"same music as {seen[digest]}")
             continue
@@ -277,6 +287,104 @@ def data_summary(train: WindowDataset, val: WindowDataset, genre: Genre) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- the chorales
+
+
+def chorale_cache_name() -> str:
+    return f"chorales-v{FORMAT_VERSION}-{LOWEST_PITCH}-{N_PITCHES}.npz"
+
+
+def load_chorale_pieces(cache_dir: Path | None = None, rebuild: bool = False, progress: bool = True
+                        ) -> tuple[list[PieceRolls], dict]:
+    """The converted chorales, from the cache when there is one (built and cached if not)."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = cache_dir / chorale_cache_name()
+    if path.exists() and not rebuild:
+        try:
+            return load_pieces_file(path)
+        except (OSError, ValueError, KeyError) as exc:
+            if progress:
+                print(f"chorales: rebuilding unreadable cache {path} ({exc})")
+    pieces, info = chorales.read_corpus(progress=progress)
+    save_pieces(path, pieces, info)
+    return pieces, info
+
+
+def chorale_windows(pieces: Sequence[PieceRolls], info: dict | None = None) -> WindowDataset:
+    """Every 12-beat window of the chorales, one starting on each barline (hop = one bar)."""
+    return windows_from_pieces(pieces, chorales.WINDOW_STEPS, len(chorales.TRACK_NAMES), info)
+
+
+def split_chorales(pieces: Sequence[PieceRolls], info: dict | None = None) -> tuple[WindowDataset, WindowDataset]:
+    """(train, validation) windows; the split is by piece (`split.split_by_bucket`)."""
+    train, val = split_by_bucket(pieces)
+    return chorale_windows(train, info), chorale_windows(val, info)
+
+
+def load_chorales(cache_dir: Path | None = None, rebuild: bool = False, progress: bool = True
+                  ) -> tuple[WindowDataset, WindowDataset]:
+    """(train, validation) windows of the Bach chorales; the first call builds the cache."""
+    pieces, info = load_chorale_pieces(cache_dir, rebuild=rebuild, progress=progress)
+    return split_chorales(pieces, info)
+
+
+def _note_name(midi: int) -> str:
+    names = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
+    return f"{names[midi % 12]}{midi // 12 - 1}"
+
+
+def chorale_summary(train: WindowDataset, val: WindowDataset) -> str:
+    """A short human-readable description of the chorales' (train, validation) pair."""
+    lines = []
+    info = train.info or val.info
+    if info:
+        skipped = info.get("skipped", {})
+        n_skipped = sum(len(v) for v in skipped.values())
+        lines.append(
+            f"corpus files: {info.get('corpus_files', '?')}, kept {info.get('kept', '?')}, "
+            f"skipped {n_skipped}"
+            + (
+                " (" + ", ".join(f"{r}: {len(v)}" for r, v in sorted(skipped.items())) + ")"
+                if skipped
+                else ""
+            )
+        )
+    for label, ds in (("train", train), ("validation", val)):
+        used = np.unique(ds.piece_index)
+        meters = Counter()
+        modes = Counter()
+        for i in used:
+            modes[ds.piece_modes[i]] += 1
+        for i in used:
+            spb = ds.steps_per_bar[ds.piece_index == i][0]
+            meters["3/4" if spb == 12 else "4/4"] += 1
+        lines.append(
+            f"{label}: {len(ds.piece_names)} pieces ({len(used)} with windows; "
+            + ", ".join(f"{m} {c}" for m, c in sorted(meters.items()))
+            + "; "
+            + ", ".join(
+                f"{'C major' if m == 'major' else 'A minor'} {c}" for m, c in sorted(modes.items())
+            )
+            + f"), {len(ds)} windows ("
+            + f"{int((ds.steps_per_bar == 12).sum())} in 3/4)"
+        )
+    ranges = []
+    for track, name in enumerate(chorales.TRACK_NAMES):
+        found = [r for r in (train.pitch_range(track), val.pitch_range(track)) if r]
+        if found:
+            low, high = min(r[0] for r in found), max(r[1] for r in found)
+            ranges.append(f"{name} {low}-{high} ({_note_name(low)}-{_note_name(high)})")
+    lowest = train.lowest_pitch
+    lines.append(
+        f"pitch grid {lowest}-{lowest + train.n_pitches - 1}; ranges: " + ", ".join(ranges)
+    )
+    lines.append(
+        f"window: {chorales.WINDOW_BEATS} beats = {chorales.WINDOW_STEPS} steps at {STEPS_PER_BEAT} steps/beat "
+        f"(3 bars of 4/4 or 4 bars of 3/4), hop 1 bar"
+    )
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- one entry point
 
 
@@ -299,9 +407,7 @@ def load_data(data: Sequence[str], genre_name: str, *, melody_track: str | None 
         if genre_name != "bach" or data != ["chorales"]:
             raise DataError("the bach model trains on the chorales and the chorales train only the bach model: "
                             "use --data chorales with --genre bach (the default), or another --genre with your own --data")
-        from ..chorales import load_dataset
-
-        train, val = load_dataset(cache_dir, rebuild=rebuild, progress=progress)
+        train, val = load_chorales(cache_dir, rebuild=rebuild, progress=progress)
         if licence:
             train.info["licence"] = val.info["licence"] = licence
         return train, val
@@ -311,9 +417,7 @@ def load_data(data: Sequence[str], genre_name: str, *, melody_track: str | None 
 
 def summary(train: WindowDataset, val: WindowDataset, genre_name: str) -> str:
     if genre_name == "bach":
-        from ..chorales import dataset_summary
-
-        return dataset_summary(train, val)
+        return chorale_summary(train, val)
     from .genres import get_genre
 
     return data_summary(train, val, get_genre(genre_name))

@@ -30,11 +30,9 @@ from backline.models.keys import estimate_key, normalising_shift
 from backline.models.midi import MidiScore
 from backline.models.notes import Note, notes_to_roll
 
-from ..chorales import LOWEST_PITCH, N_PITCHES, STEPS_PER_BEAT, PieceRolls, SkipPiece
 from .genres import DRUM_VOICES, Genre
+from .grid import HIGHEST_PITCH, LOWEST_PITCH, N_PITCHES, STEPS_PER_BEAT, PieceRolls, SkipPiece
 from .melody import MelodyChoice, NoMelody, choose_melody, split_top_line
-
-HIGHEST_PITCH = LOWEST_PITCH + N_PITCHES - 1
 
 
 @dataclass

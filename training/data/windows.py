@@ -1,17 +1,84 @@
-"""Pieces -> windows of whole bars, split into training and validation by piece."""
+"""Pieces -> the windows every model trains on: whole bars, one starting on every barline.
+
+A `WindowDataset` holds `[N, 1 + K, T, P]` rolls, the melody first, and for each window
+the piece it came from; the training loop, evaluation and export read nothing else.
+"""
 
 from __future__ import annotations
 
-import zlib
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
 
-from ..chorales import ChoraleDataset, N_PITCHES, PieceRolls, is_validation, split_keys
+from .grid import LOWEST_PITCH, N_PITCHES, STEPS_PER_BEAT, PieceRolls
 
-# The window set every model trains on: `[N, 1 + K, T, P]` rolls, melody first, with the
-# piece each window came from. (The chorales were its first user, hence the class name.)
-WindowDataset = ChoraleDataset
+
+@dataclass
+class WindowDataset:
+    """Windows of T steps cut from pieces.
+
+    frames, onsets: bool ``[N, 1 + K, T, P]``: the melody, then the K generated tracks
+    (for the chorales: Soprano, then Alto, Tenor, Bass).
+    piece_index: int ``[N]``, index into `piece_names` / `piece_modes`.
+    steps_per_bar: int ``[N]`` (16 for 4/4, 12 for 3/4).
+    piece_modes: 'major' (music in C major) or 'minor' (A minor) after normalisation.
+    window_start: int ``[N]``, the window's first step inside its piece.
+    info: build information (corpus counts, skipped pieces by reason).
+    """
+
+    frames: np.ndarray
+    onsets: np.ndarray
+    piece_index: np.ndarray
+    steps_per_bar: np.ndarray
+    piece_names: list[str]
+    piece_modes: list[str]
+    window_start: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    lowest_pitch: int = LOWEST_PITCH
+    steps_per_beat: int = STEPS_PER_BEAT
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def n_pitches(self) -> int:
+        return int(self.frames.shape[-1])
+
+    def subset(self, mask) -> "WindowDataset":
+        """The windows selected by a boolean mask or an index array.
+
+        Piece lists are kept whole, so `piece_index` keeps its meaning.
+        """
+        mask = np.asarray(mask)
+        if mask.dtype == bool and mask.shape != (len(self),):
+            raise ValueError(f"mask has shape {mask.shape}, expected ({len(self)},)")
+        window_start = self.window_start
+        if window_start.shape[0] == len(self):
+            window_start = window_start[mask]
+        return replace(
+            self,
+            frames=self.frames[mask],
+            onsets=self.onsets[mask],
+            piece_index=self.piece_index[mask],
+            steps_per_bar=self.steps_per_bar[mask],
+            piece_names=list(self.piece_names),
+            piece_modes=list(self.piece_modes),
+            window_start=window_start,
+            info=dict(self.info),
+        )
+
+    def pitch_range(self, track: int) -> tuple[int, int] | None:
+        """Lowest and highest MIDI pitch sounding on a track in any window (None if silent)."""
+        columns = np.flatnonzero(self.frames[:, track].any(axis=(0, 1)))
+        if columns.size == 0:
+            return None
+        return int(columns[0]) + self.lowest_pitch, int(columns[-1]) + self.lowest_pitch
+
+    @property
+    def melody_range(self) -> tuple[int, int] | None:
+        """Lowest and highest melody pitch (track 0, after key normalisation)."""
+        return self.pitch_range(0)
 
 
 def windows_from_pieces(pieces: Sequence[PieceRolls], window_steps: int, n_tracks: int,
@@ -39,38 +106,3 @@ def windows_from_pieces(pieces: Sequence[PieceRolls], window_steps: int, n_track
         window_start=np.asarray(starts, dtype=np.int64),
         info=dict(info or {}),
     )
-
-
-def split_by_piece(pieces: Sequence[PieceRolls], split_names: Sequence[str] | None = None
-                   ) -> tuple[list[PieceRolls], list[PieceRolls]]:
-    """(train, validation): a piece and every piece with the same melody go to one side.
-
-    `split_names`: the name each piece is split by (segments of one file share their
-    file's name, so no file is on both sides); defaults to the pieces' own names."""
-    keys = split_keys(pieces)
-    if split_names is not None:
-        # The file of the first piece with the same melody decides.
-        file_of = dict(zip((p.name for p in pieces), split_names))
-        keys = [file_of[k] for k in keys]
-    held_out = validation_keys(sorted(set(keys)))
-    train, val = [], []
-    for piece, key in zip(pieces, keys):
-        (val if key in held_out else train).append(piece)
-    return train, val
-
-
-def validation_keys(keys: Sequence[str]) -> set[str]:
-    """The split keys that go to validation: the chorales' hash bucket (about 10 %), topped
-    up by lowest hash to a tenth of the keys (at least one, from 2 keys on), since in a
-    collection of 20 songs the bucket alone may hold none. A single key stays in training
-    (the builder then says that one piece cannot be both trained on and held out)."""
-    chosen = {k for k in keys if is_validation(k)} if len(keys) >= 2 else set()
-    wanted = max(1, round(len(keys) / 10)) if len(keys) >= 2 else 0
-    by_hash = sorted(keys, key=lambda k: zlib.crc32(k.encode("utf-8")))
-    for key in by_hash:
-        if len(chosen) >= wanted:
-            break
-        chosen.add(key)
-    if keys and len(chosen) == len(keys):  # two or three keys, all in the bucket: train on the rest
-        chosen = {by_hash[0]}
-    return chosen

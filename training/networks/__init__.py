@@ -56,8 +56,8 @@ def net_config_for(genre_name: str, arch: str | None, *, n_pitches: int, lowest_
     if genre_name == "bach":
         arch = arch or "unet"
         return NetConfig(n_pitches=n_pitches, arch=arch, widths=tuple(widths or DEFAULT_WIDTHS[arch]))
-    from ..chorales import STEPS_PER_BEAT
     from ..data.genres import DRUM_PITCHES, get_genre
+    from ..data.grid import STEPS_PER_BEAT
 
     genre = get_genre(genre_name)
     arch = arch or genre.default_arch

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from backline.models.midi import MidiScore, MidiTrack
 
-from ..chorales import _part_notes
+from ..data.grid import SkipPiece
+from .chorales import part_notes
 
 COMPOSERS = ("beethoven", "haydn", "mozart")
 PROGRAMS = (40, 40, 41, 42)  # Violin I, Violin II, Viola, Cello
@@ -56,8 +57,6 @@ def read_quartet(path: Path) -> MidiScore:
     for a second format of a movement that is read from its preferred one."""
     from music21 import converter, meter
 
-    from ..chorales import SkipPiece
-
     preferred = preferred_format(path)
     if preferred is not None:
         raise SkipPiece("duplicate", f"the same movement as {preferred.name}")
@@ -74,7 +73,7 @@ def read_quartet(path: Path) -> MidiScore:
     full = [m for m in measures if Fraction(m.duration.quarterLength) >= bar]
     padding = (-Fraction(full[0].offset)) % bar if full else Fraction(0)
     tracks = [
-        MidiTrack(name, program, channel, False, _part_notes(part, padding))
+        MidiTrack(name, program, channel, False, part_notes(part, padding))
         for channel, (name, program, part) in enumerate(zip(PART_NAMES, PROGRAMS, parts))
     ]
     changes = [(float(beat + padding) if beat > 0 else 0.0, num, den) for beat, num, den in signatures]
