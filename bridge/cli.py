@@ -19,6 +19,9 @@ from backline.models.errors import BacklineError
 from backline.models.registry import DEFAULT_MODEL
 
 from . import cli_types
+from .daw.ableton import add_ableton_parser
+from .daw.ardour import add_ardour_parser
+from .daw.lines import add_send_notes_parser
 from .engine import DEFAULT_BATCH_WINDOW_MS, DEFAULT_MAX_BATCH
 from .pacing import DEFAULT_RATE
 
@@ -336,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--track", default=None, help="name of the melody track in a multi-track file")
     p.add_argument("--timeout", type=cli_types.seconds, default=10.0, help="seconds to wait for the accompaniment (default 10)")
     p.set_defaults(func=lambda a: __import__("backline.bridge.send", fromlist=["x"]).cmd_send(a))
+    add_send_notes_parser(sub)
 
     p = sub.add_parser("bench", help="time the model call, the OSC round trip, concurrent clients and live timing",
                        description="Print p50/p99/max of the bare model call for a 4-bar clip and of the same clip's "
@@ -362,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_arguments(p)
     p.add_argument("--json", type=cli_types.output_file, default=None, metavar="FILE", help="also write the figures to FILE")
     p.set_defaults(func=lambda a: __import__("backline.bridge.bench", fromlist=["x"]).cmd_bench(a))
+    add_ardour_parser(sub)
+    add_ableton_parser(sub)
     return parser
 
 

@@ -114,6 +114,21 @@ BAD_ARGUMENTS: list[tuple[list[str], str]] = [
     (["bench", "--seconds", "-5"], "--seconds"),
     (["bench", "--json", "folder"], "is a folder"),
     (["bench", "--model", "nosuch", "--parts", "latency"], "no model named 'nosuch'"),
+    # ableton (all fail before AbletonOSC or the bridge is asked anything)
+    (["ableton", "--slot", "0"], "--slot"),
+    (["ableton", "--track", "1"], "--track and --slot go together"),
+    (["ableton", "--live-port", "70000"], "--live-port"),
+    (["ableton", "--seed", "-1"], "--seed"),
+    (["ableton", "--threshold", "1"], "--threshold"),
+    # send-notes (notes.txt holds "hello": no melody line)
+    (["send-notes", "notes.txt"], "line 1 of notes.txt"),
+    (["send-notes", "missing.txt"], "cannot read missing.txt"),
+    (["send-notes", "notes.txt", "--port", "70000"], "--port"),
+    (["send-notes", "notes.txt", "--length", "0"], "--length"),
+    (["send-notes", "notes.txt", "--threshold", "1"], "--threshold"),
+    # ardour
+    (["ardour"], "required: ACTION"),
+    (["ardour", "install", "--backline", "missing"], "no such file"),
     # the command itself
     (["nosuchcommand"], "invalid choice"),
     ([], "required: COMMAND"),
