@@ -29,6 +29,22 @@ PING_TIMEOUT_S = 2.0
 PAUSE_BETWEEN_MESSAGES_S = 0.0005
 
 
+def receive_message(sock: socket.socket, deadline: float) -> OscMessage | None:
+    """The next OSC message on `sock`, or None once the `time.monotonic()` deadline has
+    passed; stray datagrams and bundles (not a reply of ours) are skipped."""
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            data, _ = sock.recvfrom(65535)
+        except (socket.timeout, ConnectionError):  # ConnectionError: Windows' ICMP reset
+            continue
+        try:
+            return OscMessage(data)
+        except Exception:
+            continue
+    return None
+
+
 @dataclass
 class Reply:
     """The accompaniment as it arrived: track headers and their notes."""
@@ -60,17 +76,7 @@ class BridgeClient:
 
     def receive(self, deadline: float) -> OscMessage | None:
         """The next OSC message, or None once the deadline has passed."""
-        while (left := deadline - time.monotonic()) > 0:
-            self.sock.settimeout(left)
-            try:
-                data, _ = self.sock.recvfrom(65535)
-            except (socket.timeout, ConnectionError):  # ConnectionError: Windows' ICMP reset
-                continue
-            try:
-                return OscMessage(data)
-            except Exception:  # a bundle or stray datagram: not a reply of ours
-                continue
-        return None
+        return receive_message(self.sock, deadline)
 
     def ping(self) -> list[Any]:
         """The pong's arguments (id, version, model, provider); BacklineError if none comes."""

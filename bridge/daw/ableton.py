@@ -190,19 +190,9 @@ class LiveClient:
             self.sock.setblocking(True)
 
     def _receive(self, deadline: float):
-        from pythonosc.osc_message import OscMessage
+        from ..send import receive_message
 
-        while (left := deadline - time.monotonic()) > 0:
-            self.sock.settimeout(left)
-            try:
-                data, _ = self.sock.recvfrom(65535)
-            except (socket.timeout, ConnectionError):  # ConnectionError: Windows' ICMP reset
-                continue
-            try:
-                return OscMessage(data)
-            except Exception:
-                continue
-        return None
+        return receive_message(self.sock, deadline)
 
     def ask(self, queries: Sequence[Query], timeout: float | None = None) -> list[list[Any]]:
         """Send every query at once; the answers' values after the head, in query order.
