@@ -18,12 +18,12 @@ from typing import Sequence
 from backline.models.errors import BacklineError
 from backline.models.registry import DEFAULT_MODEL
 
-from . import cli_types
+from backline.bridge import cli_types
 from .daw.ableton import add_ableton_parser
 from .daw.ardour import add_ardour_parser
 from .daw.lines import add_send_notes_parser
-from .engine import DEFAULT_BATCH_WINDOW_MS, DEFAULT_MAX_BATCH
-from .pacing import DEFAULT_RATE
+from backline.bridge.serving.engine import DEFAULT_BATCH_WINDOW_MS, DEFAULT_MAX_BATCH
+from backline.bridge.osc.pacing import DEFAULT_RATE
 
 log = logging.getLogger("backline")
 
@@ -201,7 +201,7 @@ def _at_least_one(text: str) -> int:
 
 
 def _client_levels(text: str) -> list[int]:
-    from .bench import parse_clients
+    from backline.bridge.bench.suite import parse_clients
 
     return parse_clients(text)
 
@@ -211,7 +211,7 @@ def _window_list(text: str) -> list[float]:
 
 
 def _bench_parts(text: str) -> list[str]:
-    from .bench import parse_parts
+    from backline.bridge.bench.suite import parse_parts
 
     return parse_parts(text)
 
@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=cli_types.seed, default=0, help="noise seed (default 0)")
     p.add_argument("--track", default=None, help="name of the melody track in a multi-track file")
     p.add_argument("--timeout", type=cli_types.seconds, default=10.0, help="seconds to wait for the accompaniment (default 10)")
-    p.set_defaults(func=lambda a: __import__("backline.bridge.send", fromlist=["x"]).cmd_send(a))
+    p.set_defaults(func=lambda a: __import__("backline.bridge.clip.send", fromlist=["x"]).cmd_send(a))
     add_send_notes_parser(sub)
 
     p = sub.add_parser("bench", help="time the model call, the OSC round trip, concurrent clients and live timing",
@@ -365,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-live", action="store_true", help="skip the live timing")
     add_device_arguments(p)
     p.add_argument("--json", type=cli_types.output_file, default=None, metavar="FILE", help="also write the figures to FILE")
-    p.set_defaults(func=lambda a: __import__("backline.bridge.bench", fromlist=["x"]).cmd_bench(a))
+    p.set_defaults(func=lambda a: __import__("backline.bridge.bench.suite", fromlist=["x"]).cmd_bench(a))
     add_ardour_parser(sub)
     add_ableton_parser(sub)
     return parser

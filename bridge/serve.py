@@ -13,12 +13,13 @@ import sys
 import threading
 from typing import Callable
 
-from .engine import DEFAULT_BATCH_WINDOW_MS, DEFAULT_MAX_BATCH, Engine
-from .handlers import Bridge
-from .midi_ports import MidiPorts, MidiUnavailable, default_api
-from .osc_server import OscServer
-from .pacing import DEFAULT_RATE
-from .reload import Reloader
+from backline.bridge.serving.engine import DEFAULT_BATCH_WINDOW_MS, DEFAULT_MAX_BATCH, Engine
+from backline.bridge.osc.handlers import Bridge
+from backline.bridge.midi.ports import MidiPorts
+from backline.bridge.midi.common import MidiUnavailable, default_api
+from backline.bridge.osc.server import OscServer
+from backline.bridge.osc.pacing import DEFAULT_RATE
+from backline.bridge.serving.reload import Reloader
 
 
 def open_midi(args: argparse.Namespace, engine: Engine) -> MidiPorts | None:
@@ -48,7 +49,7 @@ def start_frontends(engine: Engine, osc: OscServer, ports: MidiPorts | None,
     ports.notes_off() on stop / tempo jump, ports.retarget(tracks) on a model swap."""
     stoppers: list[Callable[[], None]] = []
     if getattr(args, "clock", "auto") != "off":
-        from .live import start_live  # live mode: bridge/live.py
+        from backline.bridge.live.session import start_live  # live mode: bridge/live/session.py
 
         stoppers.append(start_live(engine, osc, ports, args))
     return stoppers

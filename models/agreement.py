@@ -1,5 +1,5 @@
 """How a device and precision agree with fp32 on the CPU, for a model by name: the
-figure `python -m backline.bridge.bench_inference` prints (the load-time check itself is
+figure `python -m backline.bridge.bench.inference` prints (the load-time check itself is
 models/execution.py's, on the same probe windows)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The `jack` fixture: a fresh private JACK dummy server (backline.bridge.jack) per test,
+"""The `jack` fixture: a fresh private JACK dummy server (backline.bridge.midi.jack_server) per test,
 which this process's python-rtmidi clients use too. A missing JACK tool is a failure that
 names the Debian package, never a skip."""
 
@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from backline.bridge.jack import JackServer, missing_tool
+from backline.bridge.midi.jack_server import JackServer, missing_tool
 
 _counter = itertools.count()
 

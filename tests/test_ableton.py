@@ -22,7 +22,7 @@ import time
 import pytest
 from pythonosc.osc_message import OscMessage
 
-from backline.bridge.send import BridgeClient
+from backline.bridge.clip.send import BridgeClient
 from backline.models.notes import Note
 
 from .abletonosc_standin import AbletonOSCStandIn, Clip, LiveSet

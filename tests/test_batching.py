@@ -13,10 +13,10 @@ import time
 import numpy as np
 import pytest
 
-from backline.bridge.clients import Settings
-from backline.bridge.engine import Engine
-from backline.bridge.generate import ClipJob, ClipTask, run_clips, trim
-from backline.bridge import protocol
+from backline.bridge.osc.clients import Settings
+from backline.bridge.serving.engine import Engine
+from backline.bridge.clip.generate import ClipJob, ClipTask, run_clips, trim
+from backline.bridge.osc import protocol
 from backline.models import accompaniment, registry
 from backline.models.accompaniment import accompany
 from backline.models.midi import midi_bytes, pick_melody_track, read_midi

@@ -128,8 +128,7 @@ def test_bench_options_are_checked():
 
 def test_level_figures_account_for_every_clip():
     """Hand-made clips (outcome, sent s, done s, ms) from two clients over a 2 s level."""
-    from backline.bridge import bench
-
+    from backline.bridge.bench import suite as bench
     warm = bench.LEVEL_WARMUP_S
     one = [("ok", 0.1, 0.2, 100.0), ("ok", warm, warm + 0.5, 500.0), ("busy", warm + 0.5, warm + 0.6, 1.0),
            ("ok", warm + 0.6, warm + 2.5, 1900.0)]  # done after the window: timed, not counted as throughput
@@ -153,7 +152,7 @@ def test_bench_clients_import_no_model_runtime():
         s.bind(("127.0.0.1", 0))  # nobody answers here: the client pings, gives up, exits 1
         code = ("import sys, runpy; sys.argv = ['bench', '--client', '--worker', '--ports', "
                 f"'{s.getsockname()[1]}', '--notes', '[[60, 0.0, 1.0, 100, 0]]']\n"
-                "try:\n    runpy.run_module('backline.bridge.bench', run_name='__main__')\n"
+                "try:\n    runpy.run_module('backline.bridge.bench.suite', run_name='__main__')\n"
                 "except SystemExit as exit:\n    assert exit.code == 1\n"
                 "print(sorted(m for m in ('pythonosc', 'numpy', 'onnxruntime', 'torch', 'mido') if m in sys.modules))")
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -166,10 +165,9 @@ def test_bench_live_reports_why_it_is_missing(monkeypatch):
     """Without the live engine (or JACK) the live part is one line, not a crash."""
     import sys
 
-    from backline.bridge import bench
-
-    monkeypatch.setitem(sys.modules, "backline.bridge.bench_live", None)  # import fails
-    monkeypatch.delattr("backline.bridge.bench_live", raising=False)
+    from backline.bridge.bench import suite as bench
+    monkeypatch.setitem(sys.modules, "backline.bridge.bench.live", None)  # import fails
+    monkeypatch.delattr("backline.bridge.bench.live", raising=False)
     live = bench.live_timing(1.0, 180.0, "bach", "cpu")
     assert live["available"] is False and "no live engine" in live["reason"]
     assert bench._format_live(live)[0].startswith("live: not available (no live engine")
@@ -178,16 +176,15 @@ def test_bench_live_reports_why_it_is_missing(monkeypatch):
 def test_bench_live_formats_the_figures(monkeypatch):
     import types
 
-    from backline.bridge import bench
-
-    fake = types.ModuleType("backline.bridge.bench_live")
+    from backline.bridge.bench import suite as bench
+    fake = types.ModuleType("backline.bridge.bench.live")
 
     def measure_live_timing(seconds, tempo):
         return {"timing_error_ms": {"p50": 0.5, "p99": 1.25, "max": 2.0}, "min_beats_ahead": 1.5}
 
     fake.measure_live_timing = measure_live_timing
-    monkeypatch.setitem(__import__("sys").modules, "backline.bridge.bench_live", fake)
-    monkeypatch.setattr("backline.bridge.bench_live", fake, raising=False)
+    monkeypatch.setitem(__import__("sys").modules, "backline.bridge.bench.live", fake)
+    monkeypatch.setattr("backline.bridge.bench.live", fake, raising=False)
     live = bench.live_timing(2.0, 180.0, "bach", "cpu")
     assert live["available"] and live["min_beats_ahead"] == 1.5
     text = "\n".join(bench._format_live(live))
@@ -196,7 +193,7 @@ def test_bench_live_formats_the_figures(monkeypatch):
 
 def test_bench_client_survives_a_server_that_never_answers():
     """The client process alone, pointed at a port nobody listens on: one clear error."""
-    from backline.bridge import bench
+    from backline.bridge.bench import suite as bench
     from backline.models.errors import BacklineError
 
     import socket
@@ -213,7 +210,7 @@ def test_bench_client_survives_a_server_that_never_answers():
 
 
 def test_bench_melody_is_four_bars():
-    from backline.bridge.bench import CLIP_BEATS, clip_melody
+    from backline.bridge.bench.suite import CLIP_BEATS, clip_melody
 
     notes = clip_melody()
     assert CLIP_BEATS == 16.0 and len(notes) == 15
@@ -222,8 +219,7 @@ def test_bench_melody_is_four_bars():
 
 
 def test_cpu_seconds_reads_this_process_and_figures_divide_by_replies():
-    from backline.bridge import bench
-
+    from backline.bridge.bench import suite as bench
     before = bench.cpu_seconds(os.getpid())
     deadline = time.process_time() + 0.2
     while time.process_time() < deadline:  # burn 0.2 s of CPU

@@ -1,4 +1,4 @@
-"""The inference figures (bridge/bench_inference.py): their structure, and that PyTorch
+"""The inference figures (bridge/bench/inference.py): their structure, and that PyTorch
 and ONNX Runtime really run the same generator. No timing thresholds (DESIGN.md §7)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from backline.bridge import bench_inference
+from backline.bridge.bench import inference as bench_inference
 from backline.models.runtime import Generator
 
 from .fake_models import write_fixed_model
@@ -103,7 +103,7 @@ def test_the_command_prints_all_three_parts(tiny_model, tmp_path):
 
     out = tmp_path / "figures.json"
     result = subprocess.run(
-        [sys.executable, "-m", "backline.bridge.bench_inference", "--model", str(tiny_model), "--runs", "3",
+        [sys.executable, "-m", "backline.bridge.bench.inference", "--model", str(tiny_model), "--runs", "3",
          "--batches", "1", "2", "--json", str(out)],
         capture_output=True, text=True, timeout=300,
     )

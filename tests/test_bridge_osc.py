@@ -476,10 +476,10 @@ def test_two_clients_at_once_each_get_only_their_own_replies(server):
 def test_the_bridge_never_imports_torch(fixed_model):
     code = (
         "import sys\n"
-        "import backline.bridge.cli, backline.bridge.serve, backline.bridge.send\n"
-        "from backline.bridge.engine import Engine\n"
-        "from backline.bridge.generate import ClipJob, run_clip\n"
-        "from backline.bridge.clients import Settings\n"
+        "import backline.bridge.cli, backline.bridge.serve, backline.bridge.clip.send\n"
+        "from backline.bridge.serving.engine import Engine\n"
+        "from backline.bridge.clip.generate import ClipJob, run_clip\n"
+        "from backline.bridge.osc.clients import Settings\n"
         "from backline.models.notes import Note\n"
         f"engine = Engine({str(fixed_model)!r}, device='cpu')\n"
         "out = []\n"
@@ -495,8 +495,8 @@ def test_the_bridge_never_imports_torch(fixed_model):
 
 
 def test_clips_expire_when_idle():
-    from backline.bridge.clips import ClipAssembler
-    from backline.bridge.protocol import Begin, ProtocolError
+    from backline.bridge.clip.clips import ClipAssembler
+    from backline.bridge.osc.protocol import Begin, ProtocolError
 
     now = [0.0]
     clips = ClipAssembler(clock=lambda: now[0], max_open=2)
@@ -514,7 +514,7 @@ def test_clips_expire_when_idle():
 
 
 def test_reply_routing():
-    from backline.bridge.clients import Clients
+    from backline.bridge.osc.clients import Clients
 
     clients = Clients()
     a, b, sender = ("127.0.0.1", 5000), ("127.0.0.1", 5001), ("127.0.0.1", 40000)

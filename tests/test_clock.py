@@ -1,4 +1,4 @@
-"""The host's clock (bridge/clock.py) from synthetic tick times: no threads, no sleeping."""
+"""The host's clock (bridge/live/clock.py) from synthetic tick times: no threads, no sleeping."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from backline.bridge.clock import (CLOCK, CONTINUE, SONG_POSITION, START, STOP, Clock, MidiClockFollower,
+from backline.bridge.live.clock import (CLOCK, CONTINUE, SONG_POSITION, START, STOP, Clock, MidiClockFollower,
                                    fit_ticks)
 
 T0 = 1000.0

@@ -1,11 +1,11 @@
-"""Live mode: the prediction rule, the player (bridge/scheduler.py), the live session
-(bridge/live.py), and `backline serve` in live mode against real peers: a real JACK
+"""Live mode: the prediction rule, the player (bridge/live/scheduler.py), the live session
+(bridge/live/session.py), and `backline serve` in live mode against real peers: a real JACK
 server, jack_midi_clock as the host's clock, jack_transport as the timebase master that
 changes the tempo, and a python-rtmidi recorder that hears the clock and 'backline out'
 on one time base.
 
 Timing assertions here are about correctness (a note lands where its beat is, within
-what JACK can resolve); the figures belong to `python -m backline.bridge.bench_live`."""
+what JACK can resolve); the figures belong to `python -m backline.bridge.bench.live`."""
 
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ import pytest
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import build_msg
 
-from backline.bridge.bench_live import FrameRecorder, note_errors, time_of_beat
-from backline.bridge.clock import Clock
-from backline.bridge.jack_midi import SCHEDULING_MARGIN_S
-from backline.bridge.live import LiveSession, LiveSettings, generate_bar, predict, sample_seed, window_melody
-from backline.bridge.scheduler import Scheduler, ScheduledNote
+from backline.bridge.bench.live import FrameRecorder, note_errors, time_of_beat
+from backline.bridge.live.clock import Clock
+from backline.bridge.midi.jack_ports import SCHEDULING_MARGIN_S
+from backline.bridge.live.session import LiveSession, LiveSettings, generate_bar, predict, sample_seed, window_melody
+from backline.bridge.live.scheduler import Scheduler, ScheduledNote
 from backline.models.notes import Note
 from backline.models.runtime import Generator
 

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from backline.bridge.bench_live import FrameRecorder
-from backline.bridge.midi_ports import MidiPorts, MidiUnavailable, Routes, channel_message, output_plan, track_channel
+from backline.bridge.bench.live import FrameRecorder
+from backline.bridge.midi.ports import MidiPorts
+from backline.bridge.midi.common import MidiUnavailable, Routes, channel_message, output_plan, track_channel
 from backline.models.spec import TrackSpec
 
 from .fake_models import write_fixed_model
-from backline.bridge.jack import JackServer
+from backline.bridge.midi.jack_server import JackServer
 
 from .jack_server import require
 from .test_bridge_osc import Server
@@ -84,7 +85,7 @@ class Sender:
 
 @pytest.fixture(params=["frames", "rtmidi"])
 def ports(jack, request):
-    """Both JACK backends: the frame-accurate ports (bridge/jack_midi.py) and python-rtmidi's."""
+    """Both JACK backends: the frame-accurate ports (bridge/midi/jack_ports.py) and python-rtmidi's."""
     p = MidiPorts.open("jack", TRACKS, frames=request.param == "frames")
     assert p.frame_accurate == (request.param == "frames")
     yield p

@@ -54,12 +54,12 @@ def documented_codes() -> list[str]:
 def server_codes() -> set[str]:
     """Every code the server's sources can put into /backline/error."""
     codes: set[str] = set()
-    for path in (ROOT / "bridge").glob("*.py"):
+    for path in (ROOT / "bridge").rglob("*.py"):
         text = path.read_text()
         codes.update(re.findall(r'ProtocolError\(\s*"([a-z_]+)"', text))
         codes.update(re.findall(r'\berror\(\s*[^,()]+,\s*"([a-z_]+)"', text))  # protocol.error(id, code, ...)
         codes.update(re.findall(r'_error\(\s*[^,()]+,\s*[^,()]+,\s*"([a-z_]+)"', text))  # Bridge._error
-    body = (ROOT / "bridge" / "generate.py").read_text().split("def error_code", 1)[1].split("\ndef ", 1)[0]
+    body = (ROOT / "bridge" / "clip" / "generate.py").read_text().split("def error_code", 1)[1].split("\ndef ", 1)[0]
     codes.update(re.findall(r'return "([a-z_]+)"', body))
     return codes
 
@@ -629,11 +629,11 @@ def test_model_rejected_is_announced(servers, models_dir):
 @pytest.fixture
 def in_process(fixed_model, models_dir, monkeypatch):
     """A Bridge on a real UDP socket in this process, with a clock the test moves."""
-    from backline.bridge.clients import Clients
-    from backline.bridge.engine import Engine
-    from backline.bridge.handlers import Bridge
-    from backline.bridge.osc_server import OscServer
-    from backline.bridge.reload import Reloader
+    from backline.bridge.osc.clients import Clients
+    from backline.bridge.serving.engine import Engine
+    from backline.bridge.osc.handlers import Bridge
+    from backline.bridge.osc.server import OscServer
+    from backline.bridge.serving.reload import Reloader
 
     monkeypatch.setenv("BACKLINE_MODELS", str(models_dir))
     now = [1000.0]
@@ -665,8 +665,7 @@ def test_expired_after_60_s_without_a_message(in_process):
 
 
 def test_busy_when_the_queues_are_full(in_process):
-    from backline.bridge import engine as engine_module
-
+    from backline.bridge.serving import engine as engine_module
     peer, bridge, _ = in_process
     started, release = threading.Event(), threading.Event()
     try:

@@ -292,8 +292,8 @@ def test_model_list(shared_server):
 
 
 def test_reloader_polls_swap_and_tell_listeners(models_dir, variants):
-    from backline.bridge.engine import Engine
-    from backline.bridge.reload import Reloader
+    from backline.bridge.serving.engine import Engine
+    from backline.bridge.serving.reload import Reloader
 
     engine = Engine(str(models_dir / "fixed.onnx"), device="cpu")  # by path: cached under path and name
     old = engine.generator(None)
@@ -323,7 +323,7 @@ def test_reloader_polls_swap_and_tell_listeners(models_dir, variants):
 
 
 def test_swap_adds_an_unknown_name_and_a_listener_can_unsubscribe(tiny_or_fixed):
-    from backline.bridge.engine import Engine
+    from backline.bridge.serving.engine import Engine
     from backline.models.runtime import Generator
 
     engine = Engine(str(tiny_or_fixed), device="cpu")

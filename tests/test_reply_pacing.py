@@ -1,4 +1,4 @@
-"""Paced replies (bridge/pacing.py): a long clip's reply reaches a real receiver whole.
+"""Paced replies (bridge/osc/pacing.py): a long clip's reply reaches a real receiver whole.
 
 The pacer on its own: order kept, a short reply sent at once from the caller's thread, a
 long one spread at the rate. Then a real `backline serve` and liblo's `oscdump`: every
@@ -9,8 +9,8 @@ from __future__ import annotations
 import threading
 import time
 
-from backline.bridge.bench_delivery import count_dump, deliver, melody_of
-from backline.bridge.pacing import ReplyPacer
+from backline.bridge.bench.delivery import count_dump, deliver, melody_of
+from backline.bridge.osc.pacing import ReplyPacer
 from backline.models.registry import SHIPPED_DIR
 
 from .test_bridge_osc import Server, need

@@ -64,7 +64,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from backline.models.errors import BacklineError
 
-from .. import cli_types
+from backline.bridge import cli_types
 
 LIVE_PORT = 11000  # AbletonOSC's constants.OSC_LISTEN_PORT
 LIVE_REPLY_PORT = 11001  # AbletonOSC's constants.OSC_RESPONSE_PORT: replies go here, always
@@ -190,7 +190,7 @@ class LiveClient:
             self.sock.setblocking(True)
 
     def _receive(self, deadline: float):
-        from ..send import receive_message
+        from backline.bridge.clip.send import receive_message
 
         return receive_message(self.sock, deadline)
 
@@ -314,7 +314,7 @@ class Companion:
 
     def __init__(self, live: LiveClient, bridge, settings: Settings) -> None:
         self.live = live
-        self.bridge = bridge  # backline.bridge.send.BridgeClient
+        self.bridge = bridge  # backline.bridge.clip.send.BridgeClient
         self.settings = settings
 
     # ---- reading
@@ -440,8 +440,7 @@ class Companion:
     def accompany(self, track: int, slot: int) -> Outcome:
         from backline.models.notes import Note
 
-        from .. import protocol
-
+        from backline.bridge.osc import protocol
         self.live.drain()
         source = self.read_clip(track, slot)
         tempo = float(self.live.one(TEMPO)[0])
@@ -621,7 +620,7 @@ def cmd_ableton(args: argparse.Namespace) -> int:
         raise BacklineError("--track and --slot go together (or name the clip with --clip, or select it in Live)")
     if not args.trigger.strip():
         raise BacklineError("--trigger must not be empty, e.g. +band")
-    from ..send import BridgeClient
+    from backline.bridge.clip.send import BridgeClient
 
     live = LiveClient(args.live_host, args.live_port, args.live_reply_port, args.live_timeout)
     try:

@@ -3,7 +3,7 @@
 The return path for a DAW script that can run a command and read what it prints but
 cannot speak OSC itself (Ardour's Lua, bridge/daw/lua/backline_accompany.lua). It sends
 the melody through a running `backline serve` with the client of `backline send`
-(bridge/send.py), so the bridge, its model and its settings are the ones every other
+(bridge/clip/send.py), so the bridge, its model and its settings are the ones every other
 client gets.
 
 Input: one note per line, `pitch start_beats length_beats velocity`, e.g. `60 0 1 100`:
@@ -47,7 +47,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-from .. import cli_types
+from backline.bridge import cli_types
 
 if TYPE_CHECKING:  # (the notes and the client are imported when the command runs)
     from backline.models.notes import Note
@@ -66,7 +66,7 @@ def parse_melody(lines: Iterable[str], source: str) -> list[Note]:
     from backline.models.errors import BacklineError
     from backline.models.notes import Note
 
-    from ..protocol import MAX_DURATION_BEATS, MAX_START_BEATS
+    from backline.bridge.osc.protocol import MAX_DURATION_BEATS, MAX_START_BEATS
 
     notes = []
     for number, line in enumerate(lines, 1):
@@ -129,7 +129,7 @@ def read_source(name: str) -> tuple[list[str], str]:
 
 
 def cmd_send_notes(args: argparse.Namespace) -> int:
-    from ..send import BridgeClient
+    from backline.bridge.clip.send import BridgeClient
 
     lines, source = read_source(args.melody)
     notes = parse_melody(lines, source)

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from backline.models import registry
 from backline.models.errors import BacklineError
 
-from . import protocol
-from .clients import Address, Client, Clients
-from .engine import Engine
-from .generate import ClipJob, ClipTask, Send
-from .protocol import ProtocolError
+from backline.bridge.osc import protocol
+from backline.bridge.osc.clients import Address, Client, Clients
+from backline.bridge.serving.engine import Engine
+from backline.bridge.clip.generate import ClipJob, ClipTask, Send
+from backline.bridge.osc.protocol import ProtocolError
 
 if TYPE_CHECKING:
-    from .reload import LoadResult, Reloader
+    from backline.bridge.serving.reload import LoadResult, Reloader
 
 log = logging.getLogger("backline.bridge")
 

@@ -22,8 +22,8 @@ No hung notes, ever: the scheduler knows which (channel, pitch) it has sounding.
 for every sounding note and then All Notes Off (CC 123) through the ports.
 
 The ports are anything with `send(channel, message)` (timed ports: `send(channel,
-message, at=)`) and `notes_off(channels=None)` (bridge/midi_ports.MidiPorts,
-bridge/jack_midi.JackMidiPorts); None plays nowhere (the plan over OSC still works).
+message, at=)`) and `notes_off(channels=None)` (bridge/midi/ports.MidiPorts,
+bridge/midi/jack_ports.JackMidiPorts); None plays nowhere (the plan over OSC still works).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol
 
-from .clock import Clock
+from backline.bridge.live.clock import Clock
 
 log = logging.getLogger("backline.bridge")
 

@@ -48,7 +48,7 @@ from typing import Iterable, Sequence
 
 from backline.models.spec import TrackSpec
 
-from .midi_ports import (ALL_NOTES_OFF, IN_PORT, InputCallback, MidiUnavailable, Routes, channel_message,
+from backline.bridge.midi.common import (ALL_NOTES_OFF, IN_PORT, InputCallback, MidiUnavailable, Routes, channel_message,
                          no_jack_server, note_sent, output_plan, port_name)
 
 log = logging.getLogger("backline.bridge.midi")

@@ -14,7 +14,7 @@ from typing import Callable
 
 from backline.models.notes import Note
 
-from .protocol import Begin, ProtocolError
+from backline.bridge.osc.protocol import Begin, ProtocolError
 
 MAX_NOTES_PER_CLIP = 20_000
 MAX_OPEN_CLIPS = 64

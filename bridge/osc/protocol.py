@@ -34,7 +34,7 @@ CLIP_CANCEL = "/backline/clip/cancel"
 CLIP_MIDI = "/backline/clip/midi"
 MODEL_LOAD = "/backline/model/load"
 MODEL_LIST = "/backline/model/list"
-# Live mode (bridge/live.py): the host's transport and the live melody.
+# Live mode (bridge/live/session.py): the host's transport and the live melody.
 TRANSPORT_PLAY = "/backline/transport/play"
 TRANSPORT_STOP = "/backline/transport/stop"
 TRANSPORT_CONTINUE = "/backline/transport/continue"

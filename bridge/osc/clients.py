@@ -20,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .clips import ClipAssembler
+from backline.bridge.clip.clips import ClipAssembler
 
 Address = tuple[str, int]
 MAX_CLIENTS = 256

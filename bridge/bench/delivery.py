@@ -5,7 +5,7 @@ one with `--reply-rate 0`. For each clip size, liblo's `oscdump` listens on a po
 own, the clip (ode-to-joy repeated to the size) is sent with `/backline/reply_to` pointing
 at oscdump, and the notes oscdump printed are counted against the `n_notes` of
 `/backline/accomp/end`. `backline bench --parts delivery` prints the figures;
-`python -m backline.bridge.bench_delivery --sizes 2000,20000` runs this part alone.
+`python -m backline.bridge.bench.delivery --sizes 2000,20000` runs this part alone.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 
 from backline.models.notes import Note
 
-from .bench_serve import Serve
-from .pacing import DEFAULT_RATE
+from backline.bridge.bench.serve import Serve
+from backline.bridge.osc.pacing import DEFAULT_RATE
 
 DEFAULT_SIZES = (2000, 20000)
 WAIT_S = 120.0  # the longest a reply may take before what arrived is counted
@@ -154,7 +154,7 @@ def format_delivery(result: dict[str, Any]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     from backline.models.registry import DEFAULT_MODEL
 
-    parser = argparse.ArgumentParser(prog="python -m backline.bridge.bench_delivery", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m backline.bridge.bench.delivery", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sizes", type=lambda t: [int(w) for w in t.split(",")], default=list(DEFAULT_SIZES))

@@ -6,13 +6,13 @@ One worker is enough: ONNX Runtime already uses several cores per run, and it ke
 from one client in order. Models are loaded once, by name, and kept.
 
 Micro-batching: a job that is a `BatchJob` (a clip) takes the jobs of its kind queued right
-behind it, up to `max_batch`, and they run together (bridge/generate.py puts their windows
+behind it, up to `max_batch`, and they run together (bridge/clip/generate.py puts their windows
 through one model call). The worker takes what is queued already; it waits up to
 `batch_window_ms` for more only when that is set above 0, so a lone client never waits.
 Jobs keep their queue order: a batch stops at the first job of another kind, which runs
 next.
 
-Hot reload (bridge/reload.py) replaces a model with `swap`: the cache entry changes
+Hot reload (bridge/serving/reload.py) replaces a model with `swap`: the cache entry changes
 atomically, and a clip already running keeps the Generator object it started with, so no
 clip is dropped or generated half by one model and half by the other. Listeners
 registered with `on_swap` (the live engine) hear of each swap and apply it when they can.

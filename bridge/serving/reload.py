@@ -35,7 +35,7 @@ import numpy as np
 from backline.models import registry
 from backline.models.runtime import Generator, ModelLoadError
 
-from .engine import Engine, drop_waiting, warm_up
+from backline.bridge.serving.engine import Engine, drop_waiting, warm_up
 
 log = logging.getLogger("backline.bridge")
 

@@ -21,7 +21,7 @@ from backline.models.midi import pick_melody_track, read_midi, write_midi
 from backline.models.notes import Note
 from backline.models.spec import TrackSpec
 
-from . import protocol
+from backline.bridge.osc import protocol
 
 PING_TIMEOUT_S = 2.0
 # UDP has no flow control: a short pause between note messages keeps a long clip from

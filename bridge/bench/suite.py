@@ -6,7 +6,7 @@ latency   1. the bare model call: `accompany()` (the generator's ONNX Runtime ru
              decoding) and the trimming the bridge does, in this process, for a 4-bar clip:
              the first 16 beats of models/examples/ode-to-joy.mid;
           2. the same clip's round trip over loopback from one client process
-             (`python -m backline.bridge.bench --client ...`), timing the send of
+             (`python -m backline.bridge.bench.suite --client ...`), timing the send of
              /backline/clip/begin to the receipt of /backline/accomp/end, against two
              `backline serve` subprocesses running side by side, one batching (the
              defaults) and one not (--max-batch 1), the servers taking turns in blocks of
@@ -18,10 +18,10 @@ clients   the round trip with 1, 4, 16, 64 concurrent client PROCESSES against o
           all are ready, and are released together for each level; they import python-osc
           and numpy only.
 inference ONNX Runtime vs PyTorch eager on the same generator (PyTorch rebuilt from the ONNX
-          weights), batch 1 and 32, side by side, as a ratio (bridge/bench_inference.py);
+          weights), batch 1 and 32, side by side, as a ratio (bridge/bench/inference.py);
 training  training windows per second with the real training steps
           (backline.training.throughput); on a GPU with --device cuda;
-live      live mode's timing, from backline.bridge.bench_live.measure_live_timing when that
+live      live mode's timing, from backline.bridge.bench.live.measure_live_timing when that
           module and a JACK server are there.
 
 Figures only (p50/p99/max, clips/s): nothing here passes or fails on speed (DESIGN.md §7).
@@ -50,7 +50,7 @@ import numpy as np
 from backline.models.errors import BacklineError
 from backline.models.notes import Note
 
-from .bench_serve import Serve
+from backline.bridge.bench.serve import Serve
 
 CLIP_BEATS = 16.0
 WARMUP_RUNS = 5
@@ -88,7 +88,7 @@ def bare_call(model: str, device: str, notes: list[Note], runs: int) -> tuple[di
     from backline.models import registry
     from backline.models.accompaniment import accompany
 
-    from .generate import trim
+    from backline.bridge.clip.generate import trim
 
     generator = registry.load(model, device=device)
 
@@ -149,7 +149,7 @@ class _ClipClient:
         self.sock.close()
 
     def ping(self, port: int, timeout: float = 2.0) -> None:
-        from . import protocol
+        from backline.bridge.osc import protocol
 
         ping_id = f"bench-ping-{os.getpid()}-{port}"
         self.sock.sendto(protocol.message(protocol.PING, ping_id).dgram, (self.host, port))
@@ -160,7 +160,7 @@ class _ClipClient:
     def clip(self, port: int, timeout: float = REPLY_TIMEOUT_S) -> tuple[str, float]:
         """Send the clip, wait for its stream; (outcome, round trip in ms). Outcomes: ok,
         short (end came but notes were lost), busy, error (any other /backline/error), lost."""
-        from . import protocol
+        from backline.bridge.osc import protocol
 
         self.count += 1
         clip_id = f"bench-{os.getpid()}-{self.count}"
@@ -177,7 +177,7 @@ class _ClipClient:
         """Read replies for `wanted_id` until its stream ends (or `until` arrives); None at the deadline."""
         from pythonosc.osc_message import OscMessage
 
-        from . import protocol
+        from backline.bridge.osc import protocol
 
         notes = 0
         while (left := deadline - time.monotonic()) > 0:
@@ -258,7 +258,7 @@ def worker_main(ports: Sequence[int], notes: Sequence[Note], commands=sys.stdin,
 
 
 def _client_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "backline.bridge.bench", "--client", *args]
+    return [sys.executable, "-m", "backline.bridge.bench.suite", "--client", *args]
 
 
 def _notes_arg(notes: Sequence[Note]) -> str:
@@ -440,7 +440,7 @@ def model_bound(model: str, device: str, notes: list[Note], batch: int, seconds:
     from backline.models.accompaniment import decode, run_windows
     from backline.models.melody import prepare
 
-    from .generate import trim
+    from backline.bridge.clip.generate import trim
 
     generator = registry.load(model, device=device)
     spec = generator.spec
@@ -472,7 +472,7 @@ def model_bound(model: str, device: str, notes: list[Note], batch: int, seconds:
 
 
 def _max_batch() -> int:
-    from .engine import DEFAULT_MAX_BATCH  # not at the top: the client processes import this module
+    from backline.bridge.serving.engine import DEFAULT_MAX_BATCH  # not at the top: the client processes import this module
 
     return DEFAULT_MAX_BATCH
 
@@ -566,7 +566,7 @@ def format_clients(report: dict[str, Any]) -> list[str]:
 def live_timing(seconds: float, tempo: float, model: str, device: str) -> dict[str, Any]:
     """bench_live's figures, or {'available': False, 'reason': ...}."""
     try:
-        from . import bench_live
+        from backline.bridge.bench import live as bench_live
     except ImportError as exc:
         return {"available": False, "reason": f"no live engine in this install ({exc})"}
     measure = getattr(bench_live, "measure_live_timing", None)
@@ -621,7 +621,7 @@ class Part:
 
 def measure_inference(args: argparse.Namespace) -> dict[str, Any]:
     """(a) ONNX Runtime vs PyTorch eager on the same generator, batch 1 and 32."""
-    from .bench_inference import RebuildError, compare_ort_torch
+    from backline.bridge.bench.inference import RebuildError, compare_ort_torch
 
     try:
         return compare_ort_torch(args.model, device=args.device, runs=args.runs)
@@ -630,7 +630,7 @@ def measure_inference(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def format_inference(result: dict[str, Any]) -> list[str]:
-    from .bench_inference import format_comparison
+    from backline.bridge.bench.inference import format_comparison
 
     return format_comparison(result)
 
@@ -671,7 +671,7 @@ PARTS = [
 
 
 def _delivery():
-    from . import bench_delivery  # it imports this module: loaded only when its part runs
+    from backline.bridge.bench import delivery as bench_delivery
 
     return bench_delivery
 
@@ -731,10 +731,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The client processes: `python -m backline.bridge.bench --client --ports P[,P] --runs N`
+    """The client processes: `python -m backline.bridge.bench.suite --client --ports P[,P] --runs N`
     (one client, clips one after the other) or `... --client --worker --ports P[,P]` (a
     concurrency client driven through its stdin)."""
-    parser = argparse.ArgumentParser(prog="python -m backline.bridge.bench")
+    parser = argparse.ArgumentParser(prog="python -m backline.bridge.bench.suite")
     parser.add_argument("--client", action="store_true", required=True)
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--ports", required=True, help="comma-separated UDP ports of the servers")

@@ -17,7 +17,7 @@ Why frames: the frame count of a JACK server does not keep step with the wall cl
 late cycle makes it fall behind), so a recorder that stamps arrival times sees ticks
 "lost" and notes "offset" by whole periods that the frame line does not have.
 
-    python -m backline.bridge.bench_live --seconds 20 --tempo 180
+    python -m backline.bridge.bench.live --seconds 20 --tempo 180
 
 The recorder needs the JACK-Client package (`pip install JACK-Client`, in the `test`
 extra); it can miss a cycle on a busy machine, which loses that cycle's events for it
@@ -41,7 +41,7 @@ from typing import Any, Sequence
 
 from backline.models.errors import BacklineError
 
-from .jack import JackServer, missing_tool
+from backline.bridge.midi.jack_server import JackServer, missing_tool
 
 TICKS_PER_BEAT = 24
 
@@ -166,7 +166,7 @@ def _jack() -> JackServer:
 
 
 class FrameRecorder:
-    """A JACK MIDI input in a process of its own (`python -m backline.bridge.bench_live
+    """A JACK MIDI input in a process of its own (`python -m backline.bridge.bench.live
     --record NAME`, JACK-Client) that keeps every event with its frame (JACK's frame count,
     the time line of bridge/jack_midi's ports). Connect sources to `port`; `recording` (or
     `stop()`) ends it and returns what it heard."""
@@ -177,7 +177,7 @@ class FrameRecorder:
                                 "(part of backline's test extra)")
         self.port = f"{client_name}:in"
         self._recording: Recording | None = None
-        self._process = subprocess.Popen([sys.executable, "-m", "backline.bridge.bench_live", "--record", client_name],
+        self._process = subprocess.Popen([sys.executable, "-m", "backline.bridge.bench.live", "--record", client_name],
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         ready = self._process.stdout.readline().split()
         if ready[:1] != ["ready"]:
@@ -287,10 +287,10 @@ def measure_live_timing(seconds: float, tempo: float, model: str = "bach", devic
     'frames' (the frame-accurate JACK ports) or 'rtmidi' (python-rtmidi's JACK ports)."""
     from backline.models import registry
 
-    from .clock import Clock
-    from .live import LiveFrontend, LiveSession
-    from .midi_ports import MidiPorts
-    from .scheduler import Scheduler
+    from backline.bridge.live.clock import Clock
+    from backline.bridge.live.session import LiveFrontend, LiveSession
+    from backline.bridge.midi.ports import MidiPorts
+    from backline.bridge.live.scheduler import Scheduler
 
     if backend not in ("frames", "rtmidi"):
         raise BacklineError(f"unknown backend {backend!r}: frames or rtmidi")
@@ -376,7 +376,7 @@ def measure_live_timing(seconds: float, tempo: float, model: str = "bach", devic
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m backline.bridge.bench_live",
+    parser = argparse.ArgumentParser(prog="python -m backline.bridge.bench.live",
                                      description="Live mode's timing under jack_midi_clock on a JACK server.")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--tempo", type=float, default=180.0)

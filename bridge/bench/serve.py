@@ -3,7 +3,6 @@ clip path alone, stopped with SIGTERM."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import subprocess
@@ -56,11 +55,5 @@ class Serve:
 
 
 def quiet_serve_options() -> list[str]:
-    """Serve with the clip path alone: no model watching, no MIDI ports, no live engine
-    (each option only where this version of `serve` has it)."""
-    from .cli import build_parser
-
-    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    known = {o for a in subparsers.choices["serve"]._actions for o in a.option_strings}
-    wanted = [("--no-reload",), ("--midi-api", "none"), ("--clock", "off")]
-    return [word for option in wanted if option[0] in known for word in option]
+    """Serve with the clip path alone: no model watching, no MIDI ports, no live engine."""
+    return ["--no-reload", "--midi-api", "none", "--clock", "off"]

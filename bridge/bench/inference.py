@@ -10,7 +10,7 @@ or fails on speed, DESIGN.md §7).
 2. I/O binding vs plain `session.run` on the same session (`compare_binding`).
 3. How fp16 (or TensorRT) agrees with fp32 on the CPU (models/precision.py).
 
-`python -m backline.bridge.bench_inference [--model bach] [--device cpu]` prints all three.
+`python -m backline.bridge.bench.inference [--model bach] [--device cpu]` prints all three.
 This module imports torch only inside `compare_ort_torch`; an install without the train
 extra gets {"available": False, "reason": ...} from it.
 """
@@ -300,7 +300,7 @@ def format_precision(result: dict[str, Any]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m backline.bridge.bench_inference",
+    parser = argparse.ArgumentParser(prog="python -m backline.bridge.bench.inference",
                                      description="Print ONNX Runtime vs PyTorch, I/O binding vs session.run, "
                                                  "and fp16 agreement figures.")
     parser.add_argument("--model", default="bach")

@@ -70,10 +70,10 @@ from backline.models.runtime import Generator
 from backline.models.thresholds import binarise
 from backline.models.spec import TrackSpec
 
-from . import protocol
-from .clock import REALTIME, Clock, ClockEvent, MidiClockFollower
-from .protocol import ProtocolError
-from .scheduler import Scheduler, ScheduledNote
+from backline.bridge.osc import protocol
+from backline.bridge.live.clock import REALTIME, Clock, ClockEvent, MidiClockFollower
+from backline.bridge.osc.protocol import ProtocolError
+from backline.bridge.live.scheduler import Scheduler, ScheduledNote
 
 log = logging.getLogger("backline.bridge")
 

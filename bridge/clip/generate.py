@@ -33,9 +33,9 @@ from backline.models.notes import Note
 from backline.models.runtime import Generator, ModelLoadError
 from backline.models.spec import SpecError
 
-from . import protocol
-from .clients import Address, Settings
-from .engine import BatchJob, Engine
+from backline.bridge.osc import protocol
+from backline.bridge.osc.clients import Address, Settings
+from backline.bridge.serving.engine import BatchJob, Engine
 
 log = logging.getLogger("backline.bridge")
 

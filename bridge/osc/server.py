@@ -25,10 +25,10 @@ from pythonosc.osc_server import BlockingOSCUDPServer
 
 from backline.models.errors import BacklineError
 
-from .clients import Address
-from .handlers import Bridge
-from .pacing import DEFAULT_RATE, ReplyPacer
-from .protocol import ProtocolError, datagram_problem
+from backline.bridge.osc.clients import Address
+from backline.bridge.osc.handlers import Bridge
+from backline.bridge.osc.pacing import DEFAULT_RATE, ReplyPacer
+from backline.bridge.osc.protocol import ProtocolError, datagram_problem
 
 log = logging.getLogger("backline.bridge")
 
@@ -185,7 +185,7 @@ class OscServer:
             server.server_close()
 
     def send(self, target: Address, message: OscMessage) -> None:
-        """Thread-safe; paced per target (bridge/pacing.py); a peer that has gone is not an error."""
+        """Thread-safe; paced per target (bridge/osc/pacing.py); a peer that has gone is not an error."""
         self.pacer.send(target, message.dgram)
 
     def _sendto(self, target: Address, data: bytes) -> None:
