@@ -19,6 +19,7 @@ of 3/4, so windows of either meter start on a barline and hold whole bars.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -47,7 +48,7 @@ class TrackSpec:
     # The track's mean MIDI velocity in the training data (None: as loud as the melody).
     velocity: int | None = None
     # Decoding thresholds calibrated for this track (None: the model's; see
-    # models/runtime.track_thresholds). A drum kit and a string pad are not equally sure.
+    # models/thresholds.track_thresholds). A drum kit and a string pad are not equally sure.
     threshold: float | None = None
     onset_threshold: float | None = None
     hold_threshold: float | None = None
@@ -55,7 +56,7 @@ class TrackSpec:
     # (None: no such gate). Calibrated so the track rests as often as in the data.
     rest_threshold: float | None = None
 
-    @property
+    @functools.cached_property  # asked for per note run while decoding; a spec never changes
     def playable_range(self) -> tuple[int, int]:
         from .instruments import playable_range
 
@@ -87,7 +88,7 @@ class GeneratorSpec:
     threshold: float = 0.5
     onset_threshold: float = 0.5
     # A polyphonic track's sounding note carries on while its probability stays at or
-    # above this (below `threshold`); None = a single threshold (models/runtime.held_cells).
+    # above this (below `threshold`); None = a single threshold (models/thresholds.held_cells).
     hold_threshold: float | None = None
     # The model was trained on pieces transposed to C major / A minor: the runtime moves
     # the melody there first and the accompaniment back after.

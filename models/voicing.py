@@ -21,6 +21,7 @@ against the model melody's), and accented by metric position: downbeats a little
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -86,6 +87,12 @@ def range_centre(track: TrackSpec) -> float:
 
 
 def voice_pairs(melody: TrackSpec, tracks: Sequence[TrackSpec]) -> list[tuple[int, int]]:
+    """See `_voice_pairs`; the same spec gives the same pairs, so they are worked out once."""
+    return list(_voice_pairs(melody, tuple(tracks)))
+
+
+@functools.lru_cache(maxsize=64)
+def _voice_pairs(melody: TrackSpec, tracks: tuple[TrackSpec, ...]) -> tuple[tuple[int, int], ...]:
     """The adjacent pairs of the parts' expected order, as (upper, lower) rows of
     `[melody, *tracks]`. Drums have no place in it.
 
@@ -108,7 +115,7 @@ def voice_pairs(melody: TrackSpec, tracks: Sequence[TrackSpec]) -> list[tuple[in
             if gap > ORDER_MARGIN or (line_a and line_b and (gap > 0 or (gap == 0 and i < j))):
                 above.add((i, j))
     rows = [i for i, _, _ in parts]
-    return sorted((i, j) for i, j in above if not any((i, m) in above and (m, j) in above for m in rows))
+    return tuple(sorted((i, j) for i, j in above if not any((i, m) in above and (m, j) in above for m in rows)))
 
 
 def melody_velocity_curve(melody: Sequence[Note], n_steps: int, steps_per_beat: int) -> np.ndarray:
@@ -246,22 +253,18 @@ def separate_voices(tracks: Sequence[TrackSpec], pairs: Sequence[tuple[int, int]
         for notes in np.split(mine, np.flatnonzero(np.diff(phrase)) + 1):
             first = int(start[notes].min())
             last = int((start[notes] + length[notes]).max())
-            # Every step each note of the phrase covers, once: (note, step from `first`).
-            covered = np.repeat(np.arange(len(notes)), length[notes])
-            step = (start[notes][covered] - first + np.arange(len(covered))
-                    - np.repeat(np.cumsum(length[notes]) - length[notes], length[notes]))
             others = [(tops[r, first:last], is_upper) for r, is_upper in neighbours]
 
-            def crossings(placements: np.ndarray) -> np.ndarray:
-                """Crossing steps with the neighbours of each placement `[C, notes]`."""
-                own = np.full((len(placements), last - first), -1)
-                rows_ = np.repeat(np.arange(len(placements)), len(covered))
-                np.maximum.at(own, (rows_, np.tile(step, len(placements))), placements[:, covered].ravel())
-                count = np.zeros(len(placements), dtype=int)
+            def crossings(own: np.ndarray) -> np.ndarray:
+                """Crossing steps with the neighbours of each placement's tops `[C, steps]`."""
+                count = np.zeros(len(own), dtype=int)
                 for other, is_upper in others:
                     both = (own >= 0) & (other >= 0)
                     count += np.count_nonzero(both & ((own > other) if is_upper else (other > own)), axis=1)
                 return count
+
+            def tops_of(placed: np.ndarray) -> np.ndarray:
+                return _tops(placed, start[notes], length[notes], first, last - first)
 
             decoded = pitch[notes]
             octaves = np.arange(-4, 5)
@@ -269,22 +272,33 @@ def separate_voices(tracks: Sequence[TrackSpec], pairs: Sequence[tuple[int, int]
             folded = ((moved < low) | (moved > high)).sum(axis=1)
             # fit_range's octave: the most notes inside, then the smaller move, then up.
             fit = max(range(len(octaves)), key=lambda i: (-folded[i], -abs(octaves[i]), octaves[i]))
-            fold_costs = fold_cost * folded
-            counted = crossings(np.vstack([fitted[notes][None], _fold(moved, low, high)]))
-            now = int(counted[0])
+            # A placement that folds nothing is the decoded phrase moved whole, and so are its
+            # tops: the decoded tops plus the move, with no note-by-note work.
+            base = tops_of(decoded)
+
+            def placement_tops(i: int) -> np.ndarray:
+                if folded[i]:
+                    return tops_of(_fold(moved[i], low, high))
+                return np.where(base >= 0, base + 12 * int(octaves[i]), -1)
+
+            now = int(crossings(placement_tops(fit)[None])[0])
             if now == 0:
                 continue
-            best_key = (now + fold_costs[fit], 0)
+            fold_costs = fold_cost * folded
+            best_key = (now + int(fold_costs[fit]), 0)
+            # Crossings are never negative: where the folds alone cost as much as fit_range's
+            # placement in all, the placement cannot win, and its crossings go uncounted.
+            tried = [i for i in range(len(octaves)) if i != fit and fold_costs[i] < best_key[0]]
+            if not tried:
+                continue
             best = None
-            for i, octave in enumerate(octaves):
-                if i == fit:
-                    continue
-                key = (int(counted[1 + i]) + int(fold_costs[i]), abs(int(octave) - int(octaves[fit])))
+            for i, crossed in zip(tried, crossings(np.stack([placement_tops(i) for i in tried]))):
+                key = (int(crossed) + int(fold_costs[i]), abs(int(octaves[i]) - int(octaves[fit])))
                 if key < best_key:
-                    best_key, best = key, _fold(moved[i], low, high)
+                    best_key, best = key, i
             if best is not None:
-                fitted[notes] = best
-                tops[row, first:last] = _tops(best, start[notes], length[notes], first, last - first)
+                fitted[notes] = _fold(moved[best], low, high)
+                tops[row, first:last] = placement_tops(best)
     return fitted
 
 
