@@ -307,3 +307,54 @@ def test_shipped_bach_keeps_its_alto_under_the_soprano_of_a_held_out_chorale(bwv
     real = [top_pitch(piece.frames[k]) for k in range(4)]
     assert all(not ((real[u] >= 0) & (real[v] >= 0) & (real[v] > real[u])).any() for u, v in [(0, 1), (1, 2), (2, 3)])
 
+
+
+@pytest.mark.parametrize("example", ["chorale-bwv286-soprano", "chorale-bwv122.6-soprano", "ode-to-joy"])
+def test_live_bars_are_voiced_like_clips(monkeypatch, example):
+    """Live mode places each bar's parts with the same rule: on a real chorale soprano,
+    bar by bar, the alto sits over the soprano on no more steps than with range fitting
+    alone (voice_parts swapped for per-track fit_range), and every note is in range."""
+    from backline.bridge.live import session
+    from backline.models.midi import pick_melody_track, read_midi
+
+    generator = registry.load("bach")
+    spec = generator.spec
+    melody = pick_melody_track(read_midi(registry.SHIPPED_DIR / "examples" / f"{example}.mid"), None).notes
+    z = generator.draw_z(0, 1)
+    bars = int(max(n.end for n in melody) // spec.beats_per_bar)
+
+    def alto_over_soprano() -> int:
+        over = 0
+        for bar in range(1, bars):
+            window_start = (bar + 1) * spec.beats_per_bar - spec.window_beats
+            window = [n._replace(start=n.start - window_start) for n in melody
+                      if window_start <= n.start < (bar + 1) * spec.beats_per_bar]
+            result = session.generate_bar(generator, window, melody, window_start, z, None)
+            if result is None:
+                continue
+            for track, notes in zip(spec.tracks, result.tracks):
+                low, high = track.playable_range
+                assert all(low <= n.pitch <= high for n in notes), track.name
+            step = 1 / spec.steps_per_beat
+            for i in range(spec.beats_per_bar * spec.steps_per_beat):
+                t = bar * spec.beats_per_bar + i * step
+                soprano = [n.pitch for n in melody if n.start <= t < n.end]
+                alto = [n.pitch for n in result.tracks[0] if n.start <= t < n.end]
+                over += bool(soprano and alto and max(alto) > max(soprano))
+        return over
+
+    voiced = alto_over_soprano()
+
+    def fitted_only(melody_spec, tracks, track_of, pitch, start, length, phrase_gap, melody_top=None):
+        pitch = np.array(pitch, copy=True)
+        for k, track in enumerate(tracks):
+            mine = track_of == k
+            if mine.any() and not track.is_drum:
+                pitch[mine] = fit_range(pitch[mine], start[mine], length[mine], *track.playable_range, phrase_gap)
+        return pitch
+
+    monkeypatch.setattr(session, "voice_parts", fitted_only)
+    fitted = alto_over_soprano()
+    assert voiced <= fitted
+    if example == "ode-to-joy":  # a melody that sits low for a chorale: range fitting alone
+        assert voiced < fitted  # lifts alto phrases over it (16 steps against 6 when written)

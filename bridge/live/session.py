@@ -65,7 +65,7 @@ from backline.models.melody import MelodyError, melody_shift
 from backline.models.accompaniment import voice_track
 from backline.models.errors import BacklineError
 from backline.models.notes import Note, note_runs, notes_to_roll, transpose_notes
-from backline.models.voicing import melody_velocity_curve
+from backline.models.voicing import melody_velocity_curve, roll_top, voice_parts
 from backline.models.runtime import Generator
 from backline.models.thresholds import binarise
 from backline.models.spec import TrackSpec
@@ -188,12 +188,16 @@ def generate_bar(generator: Generator, window: list[Note], key_notes: Sequence[N
     track_of, column, start, length = note_runs(frames[:, first:], onsets[:, first:])
     curve = melody_velocity_curve(window, spec.window_steps, spec.steps_per_beat)[first:]
     melody_velocity = float(np.mean([n.velocity for n in window]))
+    # Ranges and voice order as decode() places them, against the bar's own melody.
+    is_drum = np.array([t.is_drum for t in spec.tracks], dtype=bool)
+    pitch = column + spec.lowest_pitch - np.where(is_drum[track_of], 0, shift)
+    melody_top = roll_top(roll.frames[first:] > 0, spec.lowest_pitch - shift)
+    pitch = voice_parts(spec.melody, spec.tracks, track_of, pitch, start, length, spec.steps_per_beat, melody_top)
     tracks, continued = [], []
     for k, track in enumerate(spec.tracks):
         unshift = 0 if track.is_drum else shift
         mine = track_of == k
-        pitch = column[mine] + spec.lowest_pitch - unshift
-        tracks.append(voice_track(spec, track, pitch, start[mine], length[mine], curve, melody_velocity,
+        tracks.append(voice_track(spec, track, pitch[mine], start[mine], length[mine], curve, melody_velocity,
                                   offset_beats=bar_start))
         if first > 0:
             held = frames[k, first - 1] & frames[k, first] & ~onsets[k, first]
