@@ -338,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=cli_types.seed, default=0, help="noise seed (default 0)")
     p.add_argument("--track", default=None, help="name of the melody track in a multi-track file")
     p.add_argument("--timeout", type=cli_types.seconds, default=10.0, help="seconds to wait for the accompaniment (default 10)")
+    p.add_argument("--meter", type=cli_types.meter, default=None, metavar="N/D",
+                   help="read the melody in this meter, e.g. 4/4 for a file in 7/8 (default: the file's)")
     p.set_defaults(func=lambda a: __import__("backline.bridge.clip.send", fromlist=["x"]).cmd_send(a))
     add_send_notes_parser(sub)
 

@@ -215,7 +215,9 @@ def test_send_writes_the_melody_and_the_models_tracks(server, tmp_path):
     notes = {t.name: t.notes for t in score.tracks}
     assert notes["Lead"] == [n._replace(velocity=100) for n in MELODY_30]
     assert notes["Held"] == held(30)
-    assert notes["Restruck"] == restruck(30)  # stitched at 8, 16, 24: no gap, no doubled note
+    # Stitched at 8, 16, 24: no gap, no doubled note. `send` names the file's 3/4, so the
+    # accents follow 3/4 bars: beats 0 and 24 are downbeats (x1.1), 8 and 16 plain beats.
+    assert notes["Restruck"] == [n._replace(velocity=ACCENTED if n.start % 3 == 0 else 100) for n in restruck(30)]
 
 
 def test_send_without_a_bridge_fails_in_one_line(tmp_path):

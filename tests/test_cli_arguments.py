@@ -104,6 +104,7 @@ BAD_ARGUMENTS: list[tuple[list[str], str]] = [
     (["send", "missing.mid", "-o", "out.mid"], "does not exist"),
     (["send", "corrupt.mid", "-o", "out.mid"], "not a Standard MIDI File"),
     (["send", MELODY, "-o", "out.mid", "--host", "not a host"], "cannot find host"),
+    (["send", MELODY, "-o", "out.mid", "--meter", "4/3"], "not a meter"),
     # bench
     (["bench", "--runs", "0"], "--runs"),
     (["bench", "--clients", "0"], "--clients"),

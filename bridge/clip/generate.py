@@ -51,6 +51,7 @@ class ClipJob:
     length_beats: float = 0.0
     midi: bytes | None = None  # a whole .mid file (clip/midi) instead of notes
     track: str | None = None
+    meter: Meter | None = None  # the notes' meter (clip/begin); None: 4/4. A MIDI blob has its own.
 
 
 class ClipTask(BatchJob):
@@ -102,7 +103,7 @@ class _Clip:
 def _checked(job: ClipJob, engine: Engine, send: Send) -> _Clip | None:
     """The clip ready for its model, or None after answering /backline/error."""
     try:
-        notes, length, meter = job.notes, job.length_beats, Meter()
+        notes, length, meter = job.notes, job.length_beats, job.meter or Meter()
         if job.midi is not None:
             score = read_midi_bytes(job.midi, "the MIDI blob")
             melody = pick_melody_track(score, job.track)

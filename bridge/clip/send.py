@@ -18,6 +18,7 @@ from pythonosc.osc_message import OscMessage
 
 from backline.models.errors import BacklineError
 from backline.models.midi import pick_melody_track, read_midi, write_midi
+from backline.models.meter import Meter
 from backline.models.notes import Note
 from backline.models.spec import TrackSpec
 
@@ -93,9 +94,10 @@ class BridgeClient:
         )
 
     def accompany(self, notes: Sequence[Note], length_beats: float, model: str | None, seed: int,
-                  tempo: float, timeout: float) -> Reply:
+                  tempo: float, timeout: float, meter: str = "") -> Reply:
+        """`meter`: the notes' meter, e.g. '6/8' ('': 4/4)."""
         clip_id = _new_id("clip")
-        self.send(protocol.CLIP_BEGIN, clip_id, float(length_beats), model or "", seed, float(tempo))
+        self.send(protocol.CLIP_BEGIN, clip_id, float(length_beats), model or "", seed, float(tempo), meter)
         for message in protocol.notes_messages(protocol.CLIP_NOTES, (clip_id,), notes):
             self.sock.sendto(message.dgram, self.server)
             time.sleep(PAUSE_BETWEEN_MESSAGES_S)
@@ -152,7 +154,9 @@ def cmd_send(args: argparse.Namespace) -> int:
         _, _, model, provider = client.ping()
         length = max(n.end for n in melody.notes)
         tempo = min(max(score.tempo_bpm, 1.0), 999.0)  # the protocol's range; clip mode does not use it
-        reply = client.accompany(melody.notes, length, args.model, args.seed, tempo, args.timeout)
+        meter = getattr(args, "meter", None) or Meter(*score.time_signature)
+        reply = client.accompany(melody.notes, length, args.model, args.seed, tempo, args.timeout,
+                                 meter=str(meter))
     finally:
         client.close()
     tracks = [(spec, sorted(reply.notes.get(i, []), key=lambda n: (n.start, n.pitch)))

@@ -150,7 +150,8 @@ class Bridge:
         settings = client.settings.with_overrides(model=begin.model, seed=begin.seed, tempo=begin.tempo)
         # The clip is [0, length): a note starting at or after its end is not part of it.
         notes = [n for n in clip.notes if n.start < begin.length_beats]
-        self._queue(client, clip_id, ClipJob(client.target, clip_id, settings, notes, begin.length_beats))
+        self._queue(client, clip_id, ClipJob(client.target, clip_id, settings, notes, begin.length_beats,
+                                             meter=begin.meter))
 
     def clip_cancel(self, sender: Address, address: str, args: Args) -> None:
         clip_id = protocol.parse_id(address, args)

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Sequence
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
+from backline.models.meter import Meter, MeterError, parse_meter
 from backline.models.notes import Note
 
 # Incoming.
@@ -335,22 +336,35 @@ class Begin:
     model: str | None = None  # None: the client's setting
     seed: int | None = None
     tempo: float | None = None
+    meter: Meter | None = None  # None: 4/4
 
 
 def parse_begin(address: str, args: Sequence[Any]) -> Begin:
-    """`id length_beats [model seed tempo]`."""
+    """`id length_beats [model seed tempo meter]`."""
     clip_id = parse_id(address, args)
-    expect_count(address, args, 2, 5, "id length_beats [model seed tempo]", clip_id)
+    expect_count(address, args, 2, 6, "id length_beats [model seed tempo meter]", clip_id)
     length = args[1]
     if not _is_number(length) or not 0 < length <= MAX_START_BEATS:
         raise ProtocolError("bad_args", f"{address}: length_beats must be a number > 0 and <= {MAX_START_BEATS:g}", clip_id)
     extra = {}
-    for key, value in zip(("model", "seed", "tempo"), args[2:]):
+    for key, value in zip(("model", "seed", "tempo"), args[2:5]):
         try:
             extra[key] = parse_setting(key, value)
         except ProtocolError as exc:
             raise ProtocolError(exc.code, f"{address}: {exc.message}", clip_id) from None
+    if len(args) == 6 and args[5] != "":
+        extra["meter"] = _parse_meter(address, args[5], clip_id)
     return Begin(clip_id, float(length), **extra)
+
+
+def _parse_meter(address: str, value: Any, clip_id: str | int) -> Meter:
+    """'6/8' -> Meter; whether the model can follow it is the generator's to say."""
+    if isinstance(value, str):
+        try:
+            return parse_meter(value)
+        except MeterError:
+            pass
+    raise ProtocolError("bad_args", f"{address}: meter must be a string like 4/4 or 6/8 (\"\" for 4/4)", clip_id)
 
 
 def parse_setting(key: str, value: Any) -> Any:
