@@ -84,6 +84,7 @@ class LiveSet:
         self.selected_track: int | str = 0  # an index into tracks, or "master"
         self.selected_scene = 0
         self.tempo = tempo
+        self.signature = (4, 4)  # numerator, denominator
         self.version = (12, 1)
 
     def add_track(self, name: str, midi: bool = True) -> Track:
@@ -187,6 +188,8 @@ class AbletonOSCStandIn:
         h["/live/song/get/num_tracks"] = lambda p: (len(s.tracks),)
         h["/live/song/get/num_scenes"] = lambda p: (s.n_scenes,)
         h["/live/song/get/tempo"] = lambda p: (s.tempo,)
+        h["/live/song/get/signature_numerator"] = lambda p: (s.signature[0],)
+        h["/live/song/get/signature_denominator"] = lambda p: (s.signature[1],)
 
         def track_names(p):
             lo, hi = (0, len(s.tracks)) if not p else (p[0], len(s.tracks) if p[1] == -1 else p[1])

@@ -276,6 +276,22 @@ def test_the_selected_clip_is_accompanied_with_all_its_notes(live, bridge, relay
     assert all(len(p) <= 2 + 5 * 200 for a, p in standin.received if a == "/live/clip/add/notes")
 
 
+def test_the_songs_meter_goes_to_the_bridge_and_one_it_cannot_follow_is_one_line(live, bridge, relay):
+    standin = live(reply_port=free_port())
+    standin.set.signature = (6, 8)
+    result = once(standin, relay.port)
+    assert result.returncode == 0, result.stderr + result.stdout
+    begin = [m for m in relay.sent if m.address == "/backline/clip/begin"][-1]
+    assert begin.params[-1] == "6/8"
+    standin.set.signature = (7, 8)
+    before = copy.deepcopy(standin.set.tracks)
+    result = once(standin, relay.port)
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("backline: error:") and "the melody is in 7/8" in line, line
+    assert standin.set.tracks == before  # nothing written
+
+
 def test_a_second_run_replaces_only_backlines_clips(live, bridge, relay):
     standin = live(reply_port=free_port())
     assert once(standin, relay.port).returncode == 0

@@ -12,6 +12,8 @@ What this module relies on was read in AbletonOSC's source (commit 0ca6821, 2025
     /live/song/get/num_tracks                   -> n
     /live/song/get/track_names                  -> name*
     /live/song/get/tempo                        -> bpm
+    /live/song/get/signature_numerator          -> numerator    (the song's time signature)
+    /live/song/get/signature_denominator        -> denominator
     /live/song/create_midi_track index          (-1: at the end)
     /live/track/get/clips/name t                -> t (name | nil)*   one per scene
     /live/track/get/has_midi_input t            -> t flag
@@ -85,6 +87,7 @@ SELECTED_CLIP = "/live/view/get/selected_clip"
 NUM_TRACKS = "/live/song/get/num_tracks"
 TRACK_NAMES = "/live/song/get/track_names"
 TEMPO = "/live/song/get/tempo"
+SIGNATURE = ("/live/song/get/signature_numerator", "/live/song/get/signature_denominator")
 CREATE_MIDI_TRACK = "/live/song/create_midi_track"
 CLIP_NAMES = "/live/track/get/clips/name"
 HAS_MIDI_INPUT = "/live/track/get/has_midi_input"
@@ -444,6 +447,8 @@ class Companion:
         self.live.drain()
         source = self.read_clip(track, slot)
         tempo = float(self.live.one(TEMPO)[0])
+        # The song's meter, so the band accents its bars (and refuses one it cannot follow).
+        numerator, denominator = (int(self.live.one(address)[0]) for address in SIGNATURE)
         # The bridge takes beats >= 0: a clip with notes before its beat 0 is moved by whole bars.
         first = min(n.start for n in source.notes)
         offset = math.ceil(-first / BAR) * BAR if first < 0 else 0.0
@@ -454,7 +459,8 @@ class Companion:
         if self.settings.threshold is not None:
             self.bridge.send(protocol.SET, "threshold", float(self.settings.threshold))
         reply = self.bridge.accompany(melody, span, self.settings.model, self.settings.seed,
-                                      min(max(tempo, 1.0), 999.0), self.settings.bridge_timeout)
+                                      min(max(tempo, 1.0), 999.0), self.settings.bridge_timeout,
+                                      meter=f"{numerator}/{denominator}")
         parts = []
         for i, spec in enumerate(reply.tracks):
             notes = sorted((Note(n.pitch, n.start - offset, n.duration, n.velocity, n.mute)
