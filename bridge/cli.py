@@ -180,34 +180,10 @@ def add_train_parser(sub) -> None:
                         "(about 8 %%) barely repays the compile time (default auto)")
 
 
-def _milliseconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a time in milliseconds >= 0, e.g. 2 (0 = no waiting)")
-    return value
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1, e.g. 16 (1 = no batching)")
-    return value
-
-
 def _client_levels(text: str) -> list[int]:
     from backline.bridge.bench.suite import parse_clients
 
     return parse_clients(text)
-
-
-def _window_list(text: str) -> list[float]:
-    return [_milliseconds(word) for word in text.split(",")]
 
 
 def _bench_parts(text: str) -> list[str]:
@@ -318,10 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BPM of the internal clock, and the first guess for the others (default 120)")
     p.add_argument("--commit-ahead", type=cli_types.beats, default=2.0, metavar="BEATS",
                    help="live mode generates each bar this many beats before it starts (default 2)")
-    p.add_argument("--batch-window-ms", type=_milliseconds, default=DEFAULT_BATCH_WINDOW_MS, metavar="MS",
+    p.add_argument("--batch-window-ms", type=cli_types.milliseconds, default=DEFAULT_BATCH_WINDOW_MS, metavar="MS",
                    help="clips queued together share one model call; also wait up to MS for more clips to "
                         f"join a batch (default {DEFAULT_BATCH_WINDOW_MS:g}: take only the clips already waiting)")
-    p.add_argument("--max-batch", type=_at_least_one, default=DEFAULT_MAX_BATCH, metavar="CLIPS",
+    p.add_argument("--max-batch", type=cli_types.max_batch, default=DEFAULT_MAX_BATCH, metavar="CLIPS",
                    help=f"most clips in one batch; 1 turns batching off (default {DEFAULT_MAX_BATCH})")
     p.add_argument("--reply-rate", type=cli_types.non_negative, default=DEFAULT_RATE / 1e6, metavar="MB_PER_S",
                    help="most megabytes per second of replies to one client after a 64 KB burst, so that a "
@@ -356,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long each concurrency level runs, after a 0.5 s warm-up (default 4)")
     p.add_argument("--no-unbatched", action="store_true",
                    help="run the concurrency levels against the batching server only, not also with batching off")
-    p.add_argument("--compare-windows", type=_window_list, default=None, metavar="MS,...",
+    p.add_argument("--compare-windows", type=cli_types.milliseconds_list, default=None, metavar="MS,...",
                    help="also run the concurrency levels against servers with these --batch-window-ms values")
     p.add_argument("--parts", type=_bench_parts, default=None, metavar="PART,...",
                    help="only these parts: latency, clients, live (default: all)")

@@ -23,8 +23,8 @@ def _number(text: str, kind: type) -> float | int | None:
     return value
 
 
-def whole(low: int, high: int | None = None, example: int | None = None) -> Callable[[str], int]:
-    """An int in low..high (high None: no upper bound)."""
+def whole(low: int, high: int | None = None, example: int | None = None, note: str = "") -> Callable[[str], int]:
+    """An int in low..high (high None: no upper bound); `note` ends the error message."""
     example = low if example is None else example
     if high is None:
         wanted = f"a whole number >= {low}"
@@ -36,7 +36,7 @@ def whole(low: int, high: int | None = None, example: int | None = None) -> Call
     def parse(text: str) -> int:
         value = _number(text, int)
         if value is None or value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}, e.g. {example}")
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}, e.g. {example}{note}")
         return value
 
     parse.__name__ = "whole number"  # argparse names the type in some messages
@@ -44,12 +44,14 @@ def whole(low: int, high: int | None = None, example: int | None = None) -> Call
 
 
 def real(low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = False,
-         example: float | None = None, unit: str = "") -> Callable[[str], float]:
-    """A finite float in the interval low..high, each end open or closed."""
+         example: float | None = None, unit: str = "", noun: str | None = None,
+         note: str = "") -> Callable[[str], float]:
+    """A finite float in the interval low..high, each end open or closed. The message
+    names it `noun` (default: 'a number' and `unit`) and ends with `note`."""
     example = example if example is not None else low
     left = f"> {low:g}" if low_open else f">= {low:g}"
     right = "" if high is None else (f" and < {high:g}" if high_open else f" and <= {high:g}")
-    wanted = f"a number{unit} {left}{right}"
+    wanted = f"{noun or 'a number' + unit} {left}{right}"
 
     def parse(text: str) -> float:
         value = _number(text, float)
@@ -57,7 +59,7 @@ def real(low: float, high: float | None = None, *, low_open: bool = False, high_
         if ok and high is not None:
             ok = value < high if high_open else value <= high
         if not ok:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}, e.g. {example:g}")
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}, e.g. {example:g}{note}")
         return float(value)
 
     parse.__name__ = "number"
@@ -75,6 +77,13 @@ seconds = real(0.0, low_open=True, example=10, unit=" of seconds")
 beats = real(0.0, example=2, unit=" of beats")
 non_negative = real(0.0, example=1)
 positive = real(0.0, low_open=True, example=0.001)
+milliseconds = real(0.0, example=2, noun="a time in milliseconds", note=" (0 = no waiting)")
+max_batch = whole(1, example=16, note=" (1 = no batching)")
+
+
+def milliseconds_list(text: str) -> list[float]:
+    """'1,3' -> [1.0, 3.0], each checked as `milliseconds`."""
+    return [milliseconds(word) for word in text.split(",")]
 
 
 def run_folder(text: str) -> Path:

@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from pythonosc.osc_message_builder import OscMessageBuilder
-
 from backline.models.notes import Note
 
 from backline.bridge.bench.serve import Serve
+from backline.bridge.osc import protocol
 from backline.bridge.osc.pacing import DEFAULT_RATE
 
 DEFAULT_SIZES = (2000, 20000)
@@ -44,13 +43,6 @@ def melody_of(size: int) -> list[Note]:
         notes += [n._replace(start=n.start + turn * length) for n in theme][: size - len(notes)]
         turn += 1
     return notes
-
-
-def _datagram(address: str, *args: Any) -> bytes:
-    builder = OscMessageBuilder(address)
-    for arg in args:
-        builder.add_arg(arg)
-    return builder.build().dgram
 
 
 def _free_udp_port() -> int:
@@ -87,15 +79,14 @@ def deliver(port: int, notes: Sequence[Note], clip_id: str) -> dict[str, Any]:
             time.sleep(0.3)  # oscdump binds its port
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 server = ("127.0.0.1", port)
-                sock.sendto(_datagram("/backline/reply_to", "127.0.0.1", dump_port), server)
+                sock.sendto(protocol.message(protocol.REPLY_TO, "127.0.0.1", dump_port).dgram, server)
                 length = max(n.end for n in notes)
-                sock.sendto(_datagram("/backline/clip/begin", clip_id, float(length)), server)
-                for i in range(0, len(notes), 200):
-                    values = [v for n in notes[i:i + 200] for v in (n.pitch, n.start, n.duration, n.velocity, 0)]
-                    sock.sendto(_datagram("/backline/clip/notes", clip_id, *values), server)
+                sock.sendto(protocol.message(protocol.CLIP_BEGIN, clip_id, float(length)).dgram, server)
+                for message in protocol.notes_messages(protocol.CLIP_NOTES, (clip_id,), notes):
+                    sock.sendto(message.dgram, server)
                     time.sleep(0.002)  # the server's own receive buffer is large; this is the clip going in
                 started = time.monotonic()
-                sock.sendto(_datagram("/backline/clip/end", clip_id), server)
+                sock.sendto(protocol.message(protocol.CLIP_END, clip_id).dgram, server)
                 deadline = started + WAIT_S
                 done_at = None
                 while time.monotonic() < deadline:
@@ -105,7 +96,7 @@ def deliver(port: int, notes: Sequence[Note], clip_id: str) -> dict[str, Any]:
                         done_at = time.monotonic()
                         time.sleep(0.5)  # datagrams still in oscdump's buffer
                         break
-                sock.sendto(_datagram("/backline/reply_to", "127.0.0.1", 0), server)
+                sock.sendto(protocol.message(protocol.REPLY_TO, "127.0.0.1", 0).dgram, server)
         finally:
             dump.terminate()
             dump.wait(5)
