@@ -27,9 +27,9 @@ from .melody import PreparedMelody, prepare
 from .meter import Meter
 from .notes import Note, note_runs
 from .runtime import Generator
-from .thresholds import binarise
+from .thresholds import binarise, track_thresholds
 from .spec import GeneratorSpec, TrackSpec
-from .voicing import fit_range, roll_top, velocities, voice_parts
+from .voicing import accents, fit_range, roll_top, velocities, voice_parts
 
 # Windows per model call. ONNX Runtime's working memory grows with the batch: a
 # 10,000-beat melody (834 windows) in one call peaked at 1.1 GB of RSS, in calls of 32 at
@@ -62,6 +62,18 @@ def run_windows(
     of at most `max_windows` windows (several melodies share a call, a long one spans
     several). Yields each melody's probabilities, in order, as soon as its last window ran.
     z is `[n_windows, z_dim]` for each melody. max_windows: MAX_RUN_WINDOWS unless given."""
+    for finished in run_calls(generator, melodies, max_windows):
+        yield from finished
+
+
+def run_calls(
+    generator: Generator,
+    melodies: Sequence[tuple[PreparedMelody, np.ndarray]],
+    max_windows: int | None = None,
+) -> Iterator[list[WindowProbabilities]]:
+    """`run_windows` call by call: after each model call, the probabilities of the melodies
+    it finished (in order; an empty list for a call inside a long melody), so that what one
+    call finished can be decoded together (`decode_many`)."""
     max_windows = MAX_RUN_WINDOWS if max_windows is None else max_windows
     if max_windows < 1:
         raise ValueError("max_windows must be at least 1")
@@ -84,15 +96,14 @@ def run_windows(
             room -= count
             if room == 0:
                 _run_call(generator, melodies, pieces, outputs)
-                while done < index + (start == melody.n_windows):
-                    yield _finished(outputs, done, melodies)
-                    done += 1
+                finished = index + (start == melody.n_windows)
+                yield [_finished(outputs, i, melodies) for i in range(done, finished)]
+                done = finished
                 pieces, room = [], max_windows
     if pieces:
         _run_call(generator, melodies, pieces, outputs)
-    while done < len(melodies):
-        yield _finished(outputs, done, melodies)
-        done += 1
+    if done < len(melodies):
+        yield [_finished(outputs, i, melodies) for i in range(done, len(melodies))]
 
 
 def _run_call(generator: Generator, melodies, pieces, outputs) -> None:
@@ -123,6 +134,18 @@ def _finished(outputs: list, index: int, melodies) -> WindowProbabilities:
     return WindowProbabilities(frames.reshape(k, w * t, p)[:, :n_steps], onsets.reshape(k, w * t, p)[:, :n_steps])
 
 
+@dataclass(frozen=True)
+class DecodeRequest:
+    """One melody's model output and how to read it (the arguments of `decode`)."""
+
+    melody: PreparedMelody
+    probs: WindowProbabilities
+    seed: int = 0
+    threshold: float | None = None
+    sample: bool = False
+    velocity: int | None = None
+
+
 def decode(
     spec: GeneratorSpec,
     melody: PreparedMelody,
@@ -136,33 +159,149 @@ def decode(
     """The model's probabilities for `melody` -> notes per track, back in the melody's key,
     each track in its instrument's range (models/voicing.py), with velocities that follow
     the melody's dynamics (or all `velocity`, when given)."""
+    [accompaniment] = decode_many(spec, [DecodeRequest(melody, probs, seed, threshold, sample, velocity)])
+    return accompaniment
+
+
+def decode_many(spec: GeneratorSpec, requests: Sequence[DecodeRequest]) -> list[Accompaniment]:
+    """`decode` for several melodies of one model, in order, each getting exactly the notes
+    `decode` gives it alone.
+
+    The melodies read by the same thresholds are decoded together, laid end to end on one
+    time line with a bar of silence between them (`_Timeline`). Every step of decoding is
+    local in time or works phrase by phrase, and a bar of silence ends every note and every
+    phrase, so nothing reaches from one melody into the next; yet the whole batch costs
+    about the numpy calls of one melody, where the calls, not the arithmetic, were most of
+    a clip's decoding time. Sampled ones (seeded draws, in order) are decoded one by one.
+    """
+    out: list[Accompaniment | None] = [None] * len(requests)
+    groups: dict[float | None, list[int]] = {}
+    for index, request in enumerate(requests):
+        if request.sample or not _joinable(spec, request.threshold):
+            out[index] = _decode_together(spec, [request])[0]
+        else:
+            groups.setdefault(request.threshold, []).append(index)
+    for indices in groups.values():
+        for index, accompaniment in zip(indices, _decode_together(spec, [requests[i] for i in indices])):
+            out[index] = accompaniment
+    return out  # type: ignore[return-value]
+
+
+def _joinable(spec: GeneratorSpec, threshold: float | None) -> bool:
+    """Whether silence reads as silence under these thresholds (a threshold of 0 would
+    sound the silence between joined melodies)."""
+    return all(level is None or level > 0 for track in spec.tracks
+               for level in track_thresholds(spec, track, threshold))
+
+
+@dataclass(frozen=True)
+class _Timeline:
+    """Melodies laid end to end: melody i's step t is step `offsets[i] + t`. Each starts on
+    a bar of the model (rest_bars reads whole bars) and at least a bar of silence follows
+    each but the last, whose steps end the line: one melody's line is its own steps, so
+    that sampling draws as many numbers as for it alone."""
+
+    offsets: np.ndarray
+    n_steps: int
+
+    @classmethod
+    def of(cls, spec: GeneratorSpec, lengths: Sequence[int]) -> "_Timeline":
+        bar = spec.steps_per_bar
+        spans = [(-(-n // bar) + 1) * bar for n in lengths[:-1]]
+        offsets = np.cumsum([0, *spans])
+        return cls(offsets, int(offsets[-1]) + lengths[-1])
+
+    def lay(self, parts: Sequence[np.ndarray], axis: int, fill: float = 0.0) -> np.ndarray:
+        """The parts (each on its melody's own steps along `axis`) on the time line."""
+        shape = list(parts[0].shape)
+        shape[axis] = self.n_steps
+        out = np.full(shape, fill, dtype=parts[0].dtype)
+        for offset, part in zip(self.offsets.tolist(), parts):
+            index = [slice(None)] * len(shape)
+            index[axis] = slice(offset, offset + part.shape[axis])
+            out[tuple(index)] = part
+        return out
+
+    def owner(self, step: np.ndarray) -> np.ndarray:
+        """Which melody each time-line step belongs to."""
+        return np.searchsorted(self.offsets, step, side="right") - 1
+
+
+def _decode_together(spec: GeneratorSpec, requests: Sequence[DecodeRequest]) -> list[Accompaniment]:
+    """Requests that share their thresholds (and a sample seed, if any: only ever one
+    request then), decoded on one time line."""
+    melodies = [r.melody for r in requests]
+    line = _Timeline.of(spec, [m.n_steps for m in melodies])
+    first = requests[0]
     out_frames, out_onsets = binarise(
-        probs.frames, probs.onsets, spec, threshold=threshold, sample_seed=seed if sample else None
-    )
-    # Every track's notes in one pass, moved back into the melody's key as numbers (drums
+        line.lay([r.probs.frames for r in requests], axis=1), line.lay([r.probs.onsets for r in requests], axis=1),
+        spec, threshold=first.threshold, sample_seed=first.seed if first.sample else None)
+    # Every track's notes in one pass, moved back into each melody's key as numbers (drums
     # stay where they are: a drum map has no key).
     track_of, column, start, length = note_runs(out_frames, out_onsets)
+    owner = line.owner(start)
+    offset = line.offsets[owner]
     is_drum = np.array([t.is_drum for t in spec.tracks], dtype=bool)
-    pitch = column + spec.lowest_pitch - np.where(is_drum[track_of], 0, melody.shift)
-    step_beats = 1.0 / spec.steps_per_beat
+    shift = np.array([m.shift for m in melodies])
+    pitch = column + spec.lowest_pitch - np.where(is_drum[track_of], 0, shift[owner])
     # The band comes in with the melody: nothing starts before its first note (a pickup
     # or a count-in of rests would otherwise get an accompaniment of its own).
-    kept = start * step_beats >= melody.first_beat - 1e-9
-    track_of, pitch, start, length = track_of[kept], pitch[kept], start[kept], length[kept]
+    first_beat = np.array([m.first_beat for m in melodies])
+    kept = (start - offset) / spec.steps_per_beat >= first_beat[owner] - 1e-9
+    track_of, pitch, start, length, owner = track_of[kept], pitch[kept], start[kept], length[kept], owner[kept]
     # Each part in range, the ordered ones placed against each other's crossings (models/voicing.py).
-    melody_top = roll_top(melody.windows.reshape(-1, spec.n_pitches)[:melody.n_steps] > 0,
-                          spec.lowest_pitch - melody.shift)
+    melody_top = line.lay([roll_top(m.windows.reshape(-1, spec.n_pitches)[:m.n_steps] > 0,
+                                    spec.lowest_pitch - m.shift) for m in melodies], axis=0, fill=-1)
     pitch = voice_parts(spec.melody, spec.tracks, track_of, pitch, start, length, spec.steps_per_beat, melody_top)
+    dynamics = _Dynamics.of(spec, requests, line)
+    per_track: list[list[list[Note]]] = []  # [track][melody]
     cuts = np.searchsorted(track_of, np.arange(1, spec.n_tracks))
-    curve = melody.velocity_curve if melody.velocity_curve is not None else np.full(max(melody.n_steps, 1), 90.0)
-    bar_steps, beat_steps = melody.meter.steps(spec.steps_per_beat)
-    tracks = [
-        (track, voice_track(spec, track, pitches, starts, lengths, curve, melody.mean_velocity, velocity,
-                            bar_steps=bar_steps, beat_steps=beat_steps))
-        for track, pitches, starts, lengths in zip(spec.tracks, np.split(pitch, cuts), np.split(start, cuts),
-                                                   np.split(length, cuts))
-    ]
-    return Accompaniment(tracks, melody.key, melody.shift, melody.notices)
+    for track, pitches, starts, lengths in zip(spec.tracks, np.split(pitch, cuts), np.split(start, cuts),
+                                               np.split(length, cuts)):
+        per_track.append(_track_notes(spec, track, pitches, starts, lengths, line, dynamics))
+    return [Accompaniment([(track, per_track[k][i]) for k, track in enumerate(spec.tracks)], m.key, m.shift,
+                          m.notices) for i, m in enumerate(melodies)]
+
+
+@dataclass(frozen=True)
+class _Dynamics:
+    """What velocities follow, per melody, on the time line (see `voice_track`)."""
+
+    curve: np.ndarray  # the melody's velocity per step
+    mean: np.ndarray  # [melodies] the melody's mean velocity
+    fixed: np.ndarray  # [melodies] a velocity every note takes, or 0 where none was asked
+    bar_steps: np.ndarray  # [melodies] accents follow the melody's meter
+    beat_steps: np.ndarray
+
+    @classmethod
+    def of(cls, spec: GeneratorSpec, requests: Sequence[DecodeRequest], line: _Timeline) -> "_Dynamics":
+        melodies = [r.melody for r in requests]
+        curves = [m.velocity_curve if m.velocity_curve is not None else np.full(max(m.n_steps, 1), 90.0)
+                  for m in melodies]
+        meters = np.array([m.meter.steps(spec.steps_per_beat) for m in melodies]).reshape(-1, 2)
+        return cls(line.lay([c.astype(float) for c in curves], axis=0), np.array([m.mean_velocity for m in melodies]),
+                   np.array([r.velocity or 0 for r in requests]), meters[:, 0], meters[:, 1])
+
+
+def _track_notes(spec: GeneratorSpec, track: TrackSpec, pitch: np.ndarray, start: np.ndarray, length: np.ndarray,
+                 line: _Timeline, dynamics: _Dynamics) -> list[list[Note]]:
+    """One track's notes on the time line -> each melody's list of Notes, in beats from its start."""
+    pitch, start, length = _in_range(track, pitch, start, length, spec.steps_per_beat)
+    owner = line.owner(start)
+    local = start - line.offsets[owner]
+    # The track's loudness against the melody's (as voice_track works it out per melody).
+    reference = np.full(len(owner), float(spec.melody.velocity)) if spec.melody.velocity else dynamics.mean[owner]
+    level = np.ones(len(owner))
+    if track.velocity:
+        np.divide(track.velocity, reference, out=level, where=reference != 0)
+    lean = accents(local, spec.steps_per_beat, dynamics.bar_steps[owner], dynamics.beat_steps[owner])
+    computed = np.clip(np.rint(dynamics.curve[start] * level * lean), 1, 127).astype(int)
+    levels = np.where(dynamics.fixed[owner] > 0, dynamics.fixed[owner], computed).tolist()
+    step_beats = 1.0 / spec.steps_per_beat
+    notes = [Note(p, b * step_beats, d * step_beats, v)
+             for p, b, d, v in zip(pitch.tolist(), local.tolist(), length.tolist(), levels)]
+    bounds = np.searchsorted(owner, np.arange(1, len(line.offsets))).tolist()
+    return [notes[a:b] for a, b in zip([0, *bounds], [*bounds, len(notes)])]
 
 
 def voice_track(spec: GeneratorSpec, track: TrackSpec, pitch: np.ndarray, start: np.ndarray, length: np.ndarray,

@@ -114,7 +114,9 @@ def _read_voices(p, q, threshold, onset_threshold, rows, out_frames, out_onsets,
     quarter note into flickering fragments.
     """
     n_voices, n_steps, n_pitches = p.shape
-    top = np.clip(np.sort(p, axis=-1)[..., -MONOPHONIC_TOP_K:].sum(axis=-1), 0.0, 1.0)
+    # The K likeliest (a partition, then those K sorted: summed in the order a full sort gives).
+    likeliest = np.sort(np.partition(p, max(n_pitches - MONOPHONIC_TOP_K, 0), axis=-1)[..., -MONOPHONIC_TOP_K:], axis=-1)
+    top = np.clip(likeliest.sum(axis=-1), 0.0, 1.0)
     loudest_onset = q.max(axis=-1)
     if rng is None:
         sounding, onset_here = top >= threshold, loudest_onset >= onset_threshold

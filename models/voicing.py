@@ -42,10 +42,27 @@ def fit_range(pitch: np.ndarray, start: np.ndarray, length: np.ndarray, low: int
     if not outside.any():
         return pitch
     phrase = _phrases(start, length, phrase_gap)
-    for p in np.unique(phrase[outside]):
-        members = phrase == p
-        pitch[members] += 12 * _best_octave(pitch[members], low, high)
+    # Notes inside the range per phrase and octave move, [phrases, 9], for every phrase at once.
+    inside = (pitch[:, None] + 12 * OCTAVES >= low) & (pitch[:, None] + 12 * OCTAVES <= high)
+    per_phrase = np.zeros((phrase[-1] + 1, len(OCTAVES)), dtype=int)
+    np.add.at(per_phrase, phrase, inside)
+    move = OCTAVES[_best_octaves(per_phrase)]
+    moving = np.isin(phrase, phrase[outside])  # only phrases with a note outside move
+    pitch[moving] += 12 * move[phrase[moving]]
     return _fold(pitch, low, high)
+
+
+# The octave moves tried for a phrase, and their order of preference among equals: the
+# smaller move first, then the upward one.
+OCTAVES = np.arange(-4, 5)
+_PREFERENCE = np.lexsort((-OCTAVES, np.abs(OCTAVES)))
+
+
+def _best_octaves(inside: np.ndarray) -> np.ndarray:
+    """Per row of `inside` (notes in range, [rows, 9] by OCTAVES): the index of the move
+    that brings most notes in, the preferred one among equals."""
+    ranked = inside[:, _PREFERENCE]
+    return _PREFERENCE[np.argmax(ranked, axis=1)]
 
 
 def _phrases(start: np.ndarray, length: np.ndarray, phrase_gap: int) -> np.ndarray:
@@ -55,14 +72,6 @@ def _phrases(start: np.ndarray, length: np.ndarray, phrase_gap: int) -> np.ndarr
     new_phrase = np.ones(len(start), dtype=bool)
     new_phrase[1:] = start[1:] - end[:-1] >= phrase_gap
     return np.cumsum(new_phrase) - 1
-
-
-def _best_octave(notes: np.ndarray, low: int, high: int) -> int:
-    """The octave move that brings most of these notes into low..high (the smaller move,
-    then the upward one, among equals)."""
-    octaves = np.arange(-4, 5)
-    inside = [(((notes + 12 * o) >= low) & ((notes + 12 * o) <= high)).sum() for o in octaves]
-    return int(max(zip(inside, -np.abs(octaves), octaves))[2])
 
 
 def _fold(pitch: np.ndarray, low: int, high: int) -> np.ndarray:
@@ -137,14 +146,15 @@ def melody_velocity_curve(melody: Sequence[Note], n_steps: int, steps_per_beat: 
     return filled
 
 
-def accents(start: np.ndarray, steps_per_beat: int, steps_per_bar: int,
-            steps_per_felt_beat: int | None = None) -> np.ndarray:
+def accents(start: np.ndarray, steps_per_beat: int, steps_per_bar: int | np.ndarray,
+            steps_per_felt_beat: int | np.ndarray | None = None) -> np.ndarray:
     """Velocity multiplier for notes starting at these steps (from a barline). The felt
-    beat is the quarter unless given (a dotted quarter in 6/8: models/meter.py)."""
+    beat is the quarter unless given (a dotted quarter in 6/8: models/meter.py). The bar
+    and beat may be given per note."""
     position = np.full(start.shape, 3)
     eighth = max(steps_per_beat // 2, 1)
     position[start % eighth == 0] = 2
-    position[start % (steps_per_felt_beat or steps_per_beat) == 0] = 1
+    position[start % (steps_per_beat if steps_per_felt_beat is None else steps_per_felt_beat) == 0] = 1
     position[start % steps_per_bar == 0] = 0
     return np.asarray(ACCENTS)[position]
 
@@ -240,66 +250,93 @@ def separate_voices(tracks: Sequence[TrackSpec], pairs: Sequence[tuple[int, int]
     for k in range(len(tracks)):
         mine = track_of == k
         tops[1 + k] = _tops(fitted[mine], start[mine], length[mine], 0, n_steps)
-    rows = _placing_order(tracks, pairs)
-    fold_cost = phrase_gap  # a beat of steps
-    for row in rows:
-        track = tracks[row - 1]
-        low, high = track.playable_range
+    for row in _placing_order(tracks, pairs):
         neighbours = [(u, True) for u, v in pairs if v == row] + [(v, False) for u, v in pairs if u == row]
         mine = np.flatnonzero(track_of == row - 1)
-        if not len(mine):
-            continue
-        phrase = _phrases(start[mine], length[mine], phrase_gap)
-        for notes in np.split(mine, np.flatnonzero(np.diff(phrase)) + 1):
-            first = int(start[notes].min())
-            last = int((start[notes] + length[notes]).max())
-            others = [(tops[r, first:last], is_upper) for r, is_upper in neighbours]
-
-            def crossings(own: np.ndarray) -> np.ndarray:
-                """Crossing steps with the neighbours of each placement's tops `[C, steps]`."""
-                count = np.zeros(len(own), dtype=int)
-                for other, is_upper in others:
-                    both = (own >= 0) & (other >= 0)
-                    count += np.count_nonzero(both & ((own > other) if is_upper else (other > own)), axis=1)
-                return count
-
-            def tops_of(placed: np.ndarray) -> np.ndarray:
-                return _tops(placed, start[notes], length[notes], first, last - first)
-
-            decoded = pitch[notes]
-            octaves = np.arange(-4, 5)
-            moved = decoded[None, :] + 12 * octaves[:, None]  # [9, notes]: the phrase at each octave
-            folded = ((moved < low) | (moved > high)).sum(axis=1)
-            # fit_range's octave: the most notes inside, then the smaller move, then up.
-            fit = max(range(len(octaves)), key=lambda i: (-folded[i], -abs(octaves[i]), octaves[i]))
-            # A placement that folds nothing is the decoded phrase moved whole, and so are its
-            # tops: the decoded tops plus the move, with no note-by-note work.
-            base = tops_of(decoded)
-
-            def placement_tops(i: int) -> np.ndarray:
-                if folded[i]:
-                    return tops_of(_fold(moved[i], low, high))
-                return np.where(base >= 0, base + 12 * int(octaves[i]), -1)
-
-            now = int(crossings(placement_tops(fit)[None])[0])
-            if now == 0:
-                continue
-            fold_costs = fold_cost * folded
-            best_key = (now + int(fold_costs[fit]), 0)
-            # Crossings are never negative: where the folds alone cost as much as fit_range's
-            # placement in all, the placement cannot win, and its crossings go uncounted.
-            tried = [i for i in range(len(octaves)) if i != fit and fold_costs[i] < best_key[0]]
-            if not tried:
-                continue
-            best = None
-            for i, crossed in zip(tried, crossings(np.stack([placement_tops(i) for i in tried]))):
-                key = (int(crossed) + int(fold_costs[i]), abs(int(octaves[i]) - int(octaves[fit])))
-                if key < best_key:
-                    best_key, best = key, i
-            if best is not None:
-                fitted[notes] = _fold(moved[best], low, high)
-                tops[row, first:last] = placement_tops(best)
+        if len(mine):
+            _place_phrases(tops, row, neighbours, mine, tracks[row - 1].playable_range, pitch, fitted, start,
+                           length, phrase_gap)
     return fitted
+
+
+def _place_phrases(tops: np.ndarray, row: int, neighbours: Sequence[tuple[int, bool]], mine: np.ndarray,
+                   playable: tuple[int, int], pitch: np.ndarray, fitted: np.ndarray, start: np.ndarray,
+                   length: np.ndarray, phrase_gap: int) -> None:
+    """Place one part's phrases (notes `mine`, sorted by start) as `separate_voices` says,
+    updating `fitted` and the part's `tops[row]` in place.
+
+    A phrase's placement changes only this row's tops, inside the phrase, and its
+    neighbours' tops stay as they are while this row is placed, so the row's phrases are
+    independent: all of them are weighed together, each placement's costs summed per
+    phrase. Most phrases cross nothing where fit_range put them; only the others are weighed.
+    """
+    low, high = playable
+    phrase = _phrases(start[mine], length[mine], phrase_gap)
+    heads = np.flatnonzero(np.r_[True, np.diff(phrase) != 0])
+    firsts = start[mine][heads]
+    lasts = np.maximum.reduceat(start[mine] + length[mine], heads)
+    crossing = _crossing_steps(tops, row, neighbours)
+    weighed = np.flatnonzero(crossing[lasts] != crossing[firsts])
+    if not len(weighed):
+        return
+    # The weighed phrases' notes, and their steps packed end to end (phrase spans do not
+    # overlap): phrase w's step t is packed step span_at[w] + t - firsts[w].
+    of_note = np.flatnonzero(np.isin(phrase, weighed))  # phrase numbers count from 0
+    notes = mine[of_note]
+    which = np.searchsorted(weighed, np.searchsorted(heads, of_note, side="right") - 1)  # weighed phrase per note
+    spans = (lasts - firsts)[weighed]
+    span_at = np.cumsum(spans) - spans
+    steps = np.repeat(firsts[weighed] - span_at, spans) + np.arange(spans.sum())  # packed -> time-line step
+    note_heads = np.flatnonzero(np.r_[True, np.diff(which) != 0])
+    # Every placement of every phrase: [9, notes] pitches, [9, packed steps] tops, [9, phrases] costs.
+    moved = pitch[notes][None, :] + 12 * OCTAVES[:, None]
+    folded = np.add.reduceat(((moved < low) | (moved > high)).astype(int), note_heads, axis=1)
+    placed = _fold(moved, low, high)
+    placed_tops = _tops_each(placed, start[notes] - firsts[weighed][which] + span_at[which], length[notes],
+                             int(spans.sum()))
+    crossed = np.zeros(placed_tops.shape, dtype=int)
+    for other_row, is_upper in neighbours:
+        other = tops[other_row, steps]
+        both = (placed_tops >= 0) & (other >= 0)
+        crossed += both & ((placed_tops > other) if is_upper else (other > placed_tops))
+    cost = np.add.reduceat(crossed, span_at, axis=1) + phrase_gap * folded  # a fold costs a beat of steps
+    # fit_range's placement (where each phrase stands now) keeps its place unless another
+    # costs strictly less; among equals the smaller move from it, then the lower octave.
+    fit = _best_octaves((np.diff(np.r_[note_heads, len(notes)]) - folded).T)
+    distance = np.abs(OCTAVES[:, None] - OCTAVES[fit][None, :])
+    best = np.argmin((cost * 16 + distance) * 16 + np.arange(len(OCTAVES))[:, None], axis=0)
+    moves = cost[best, np.arange(len(weighed))] < cost[fit, np.arange(len(weighed))]
+    if not moves.any():
+        return
+    moving = moves[which]
+    fitted[notes[moving]] = placed[best[which], np.arange(len(notes))][moving]
+    step_phrase = np.repeat(np.arange(len(weighed)), spans)
+    moving_steps = moves[step_phrase]
+    tops[row, steps[moving_steps]] = placed_tops[best[step_phrase], np.arange(len(steps))][moving_steps]
+
+
+def _tops_each(pitch: np.ndarray, start: np.ndarray, length: np.ndarray, n_steps: int) -> np.ndarray:
+    """Int [C, n_steps]: `_tops` of each row of `pitch` ([C, notes], the same notes at C
+    placements), from step 0; the notes' steps are expanded once for all rows."""
+    note = np.repeat(np.arange(pitch.shape[1]), length)
+    step = start[note] + np.arange(len(note)) - np.repeat(np.cumsum(length) - length, length)
+    inside = (step >= 0) & (step < n_steps)
+    note, step = note[inside], step[inside]
+    top = np.full((pitch.shape[0], n_steps), -1)
+    np.maximum.at(top, (np.arange(pitch.shape[0])[:, None], step[None, :]), pitch[:, note])
+    return top
+
+
+def _crossing_steps(tops: np.ndarray, row: int, neighbours: Sequence[tuple[int, bool]]) -> np.ndarray:
+    """Int [n_steps + 1]: crossing steps of `tops[row]` with its neighbours, summed over the
+    neighbours and accumulated from step 0 (so steps a..b cross `c[b] - c[a]` times)."""
+    own = tops[row]
+    count = np.zeros(tops.shape[1] + 1, dtype=int)
+    for other_row, is_upper in neighbours:
+        other = tops[other_row]
+        both = (own >= 0) & (other >= 0)
+        count[1:] += both & ((own > other) if is_upper else (other > own))
+    return np.cumsum(count)
 
 
 def _placing_order(tracks: Sequence[TrackSpec], pairs: Sequence[tuple[int, int]]) -> list[int]:

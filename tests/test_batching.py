@@ -109,6 +109,20 @@ def counting_runs(monkeypatch, generator) -> list[int]:
 # --------------------------------------------------------------------------- in-process
 
 
+POISONED = [job("a", ode()), job("poison", ode(shift=1), seed=66), job("c", ode(shift=-1), seed=2)]
+
+
+def only_the_poisoned_clip_fails(engine, expected) -> None:
+    """Run POISONED as one batch: "a" and "c" get the replies they get alone (`expected`),
+    "poison" ends with an internal /backline/error, in queue order."""
+    recorder = Recorder()
+    run_clips(POISONED, engine, recorder)
+    streams = recorder.streams()
+    assert {k: streams[k] for k in ("a", "c")} == expected
+    assert streams["poison"][-1][0] == protocol.ERROR and streams["poison"][-1][1][1] == "internal"
+    assert recorder.ends() == ["a", "poison", "c"]
+
+
 def test_a_batch_gives_every_clip_the_replies_it_gets_alone(engine, monkeypatch):
     jobs = varied_jobs()
     expected = alone(engine, jobs)
@@ -149,6 +163,57 @@ def test_a_long_melody_runs_in_bounded_calls(engine, monkeypatch):
     assert sizes == [8, 8, 8, 8, 2]
 
 
+@pytest.mark.parametrize("model", ["bach", "pop"])
+def test_decode_many_gives_each_melody_the_notes_decode_gives_it_alone(model):
+    """Melodies decoded together on one time line: pickups, meters, keys, registers,
+    thresholds (0 among them, which cannot be joined), sampling and fixed velocities."""
+    from backline.models.accompaniment import DecodeRequest, decode, decode_many, run_windows
+    from backline.models.melody import prepare
+    from backline.models.meter import Meter
+
+    generator = registry.load(model, device="cpu")
+    spec = generator.spec
+    melodies = [
+        (ode(), Meter(), {}),
+        ([n._replace(start=n.start + 0.5) for n in ode(9, shift=-5)], Meter(3, 4), {"threshold": 0.3}),
+        (ode(7, shift=3), Meter(6, 8), {"seed": 4}),
+        ([Note(67, 2.0, 0.5)], Meter(), {"velocity": 64}),
+        (ode(16, shift=24), Meter(), {"threshold": 0.3}),
+        (ode(12, shift=1), Meter(), {"sample": True, "seed": 8}),
+        (ode(16, shift=2), Meter(2, 4), {"threshold": 0.0}),
+        (ode(13), Meter(), {}),
+    ]
+    requests = []
+    for index, (notes, meter, options) in enumerate(melodies):
+        prepared = prepare(spec, notes, meter)
+        [probs] = run_windows(generator, [(prepared, generator.draw_z(index, prepared.n_windows))])
+        requests.append(DecodeRequest(prepared, probs, **options))
+    together = decode_many(spec, requests)
+    for request, joint in zip(requests, together):
+        single = decode(spec, request.melody, request.probs, seed=request.seed, threshold=request.threshold,
+                        sample=request.sample, velocity=request.velocity)
+        assert joint == single
+    assert all(sum(len(n) for _, n in a.tracks) > 0 for a in together)
+    assert {n.velocity for _, notes in together[3].tracks for n in notes} <= {64}
+
+
+def test_a_clip_that_fails_to_decode_with_its_batch_fails_alone(engine, monkeypatch):
+    """A decoding failure in a batch: the batch is decoded clip by clip, and only the clip
+    that fails alone gets /backline/error."""
+    from backline.bridge.clip import generate
+
+    expected = alone(engine, [POISONED[0], POISONED[2]])
+    decode_many = generate.decode_many
+
+    def failing(spec, requests):
+        if any(r.seed == 66 for r in requests):
+            raise RuntimeError("decoding failed")
+        return decode_many(spec, requests)
+
+    monkeypatch.setattr(generate, "decode_many", failing)
+    only_the_poisoned_clip_fails(engine, expected)
+
+
 def test_bad_clips_in_a_batch_fail_alone(engine):
     good = [job("a", ode()), job("b", ode(shift=2), seed=1)]
     expected = alone(engine, good)
@@ -171,8 +236,7 @@ def test_bad_clips_in_a_batch_fail_alone(engine):
 def test_a_failed_shared_call_is_retried_clip_by_clip(engine, monkeypatch):
     """The model call fails for one clip's windows: that clip gets /backline/error, the
     others, retried on their own, the notes they get alone."""
-    jobs = [job("a", ode()), job("poison", ode(shift=1), seed=66), job("c", ode(shift=-1), seed=2)]
-    expected = alone(engine, [jobs[0], jobs[2]])
+    expected = alone(engine, [POISONED[0], POISONED[2]])
     generator = engine.generator(None)
     poison = generator.draw_z(66, 1)[0]
     run = generator.run
@@ -183,12 +247,7 @@ def test_a_failed_shared_call_is_retried_clip_by_clip(engine, monkeypatch):
         return run(melody, z)
 
     monkeypatch.setattr(generator, "run", failing)
-    recorder = Recorder()
-    run_clips(jobs, engine, recorder)
-    streams = recorder.streams()
-    assert {k: streams[k] for k in ("a", "c")} == expected
-    assert streams["poison"][-1][0] == protocol.ERROR and streams["poison"][-1][1][1] == "internal"
-    assert recorder.ends() == ["a", "poison", "c"]
+    only_the_poisoned_clip_fails(engine, expected)
 
 
 def test_the_worker_batches_what_is_queued_up_to_max_batch_and_keeps_order(monkeypatch):

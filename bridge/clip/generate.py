@@ -2,10 +2,11 @@
 
 Clips queued together run as one batch (`ClipTask`, a BatchJob): each is checked and laid
 out as model windows, the windows of every clip for the same model go through the model
-together (models/accompaniment.run_windows: at most MAX_RUN_WINDOWS per call), and each
-clip is then decoded and streamed in queue order, so one client's clips keep their order.
-Each clip draws its noise from its own seed and is decoded with its own settings, so a
-clip gets the same notes in a batch as alone.
+together (models/accompaniment.run_calls: at most MAX_RUN_WINDOWS per call), the clips
+each call finished are decoded together (models/accompaniment.decode_many), and each clip
+is then streamed in queue order, so one client's clips keep their order. Each clip draws
+its noise from its own seed and is decoded with its own settings, so a clip gets the same
+notes in a batch as alone.
 
 A clip's stream: begin and the track headers, then the notes track by track, then end with
 the number of notes sent, so a client can tell a lost datagram from a quiet track. Melody
@@ -25,13 +26,14 @@ from typing import Callable, Sequence
 from pythonosc.osc_message import OscMessage
 
 from backline.models.melody import MelodyError, PreparedMelody, prepare
-from backline.models.accompaniment import WindowProbabilities, decode, run_windows
+from backline.models.accompaniment import (Accompaniment, DecodeRequest, WindowProbabilities, decode_many, run_calls,
+                                           run_windows)
 from backline.models.errors import BacklineError
 from backline.models.meter import Meter, MeterError
 from backline.models.midi import MidiError, pick_melody_track, read_midi_bytes
 from backline.models.notes import Note
 from backline.models.runtime import Generator, ModelLoadError
-from backline.models.spec import SpecError
+from backline.models.spec import GeneratorSpec, SpecError
 
 from backline.bridge.osc import protocol
 from backline.bridge.osc.clients import Address, Settings
@@ -121,19 +123,20 @@ def _checked(job: ClipJob, engine: Engine, send: Send) -> _Clip | None:
 
 
 def _generate(clips: list[_Clip], send: Send, started: float, batch: int) -> None:
-    """One model's clips: their windows through the model together, then each clip decoded
-    and streamed as soon as its windows are done. The first clip's begin and headers go
-    out before the model runs (a lone clip hears at once that it is being generated); the
-    others' just before their notes, so that no two streams interleave."""
+    """One model's clips: their windows through the model together, then the clips each
+    model call finished decoded together (`decode_many`) and streamed in order. The first
+    clip's begin and headers go out before the model runs (a lone clip hears at once that
+    it is being generated); the others' just before their notes, so that no two streams
+    interleave."""
     generator = clips[0].generator
     _send_headers(clips[0], send)
     inputs = [(clip.melody, generator.draw_z(clip.job.settings.seed or 0, clip.melody.n_windows))
               for clip in clips]
     done = 0
     try:
-        for probs in run_windows(generator, inputs):
-            _finish(clips[done], probs, send, started, batch, first=done == 0)
-            done += 1
+        for finished in run_calls(generator, inputs):
+            _finish(clips[done:done + len(finished)], finished, send, started, batch, first=done == 0)
+            done += len(finished)
     except Exception as exc:  # the shared model call failed: retry each clip left on its own
         if len(clips) - done == 1:
             _report(clips[done].job, send, exc)
@@ -146,7 +149,7 @@ def _generate(clips: list[_Clip], send: Send, started: float, batch: int) -> Non
             except Exception as exc:
                 _report(clips[index].job, send, exc)
                 continue
-            _finish(clips[index], probs, send, started, batch, first=index == 0)
+            _finish([clips[index]], [probs], send, started, batch, first=index == 0)
 
 
 def _send_headers(clip: _Clip, send: Send) -> None:
@@ -157,18 +160,41 @@ def _send_headers(clip: _Clip, send: Send) -> None:
                                                track.channel, track.is_drum))
 
 
-def _finish(clip: _Clip, probs: WindowProbabilities, send: Send, started: float, batch: int,
+def _finish(clips: Sequence[_Clip], probs: Sequence[WindowProbabilities], send: Send, started: float, batch: int,
             first: bool = False) -> None:
-    """Decode one clip and stream its begin and headers (unless sent already), notes and
-    end, or its error."""
-    job = clip.job
-    if not first:
-        _send_headers(clip, send)
+    """Decode clips together and stream each one's begin and headers (unless sent already:
+    the first clip's, when `first`), notes and end, or its error. A clip that cannot be
+    decoded with the others is decoded alone, so that its failure stays its own."""
+    if not clips:
+        return
+    spec = clips[0].generator.spec
+    requests = [DecodeRequest(clip.melody, p, seed=clip.job.settings.seed or 0, threshold=clip.job.settings.threshold,
+                              sample=bool(clip.job.settings.sample)) for clip, p in zip(clips, probs)]
     try:
-        tracks = decode(clip.generator.spec, clip.melody, probs, seed=job.settings.seed or 0,
-                        threshold=job.settings.threshold, sample=bool(job.settings.sample)).tracks
+        decoded: list[Accompaniment | Exception] = list(decode_many(spec, requests))
+    except Exception:
+        decoded = [_decode_alone(spec, request) for request in requests]
+    for index, (clip, accompaniment) in enumerate(zip(clips, decoded)):
+        if not (first and index == 0):
+            _send_headers(clip, send)
+        _stream(clip, accompaniment, send, started, batch)
+
+
+def _decode_alone(spec: GeneratorSpec, request: DecodeRequest) -> Accompaniment | Exception:
+    try:
+        return decode_many(spec, [request])[0]
+    except Exception as exc:
+        return exc
+
+
+def _stream(clip: _Clip, accompaniment: Accompaniment | Exception, send: Send, started: float, batch: int) -> None:
+    """One decoded clip's notes and end, or its error."""
+    job = clip.job
+    try:
+        if isinstance(accompaniment, Exception):
+            raise accompaniment
         total = 0
-        for index, (_, track_notes) in enumerate(tracks):
+        for index, (_, track_notes) in enumerate(accompaniment.tracks):
             inside = trim(track_notes, clip.length)
             for message in protocol.accomp_notes(job.clip_id, index, inside):
                 send(job.target, message)
@@ -178,7 +204,7 @@ def _finish(clip: _Clip, probs: WindowProbabilities, send: Send, started: float,
         _report(job, send, exc)
         return
     log.info("clip %r for %s:%d: %d melody notes -> %d tracks, %d notes in %.0f ms%s", job.clip_id,
-             *job.target, clip.n_melody, len(tracks), total, 1000 * (time.perf_counter() - started),
+             *job.target, clip.n_melody, len(accompaniment.tracks), total, 1000 * (time.perf_counter() - started),
              f" (batch of {batch})" if batch > 1 else "")
 
 
