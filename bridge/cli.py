@@ -334,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the concurrency levels against the batching server only, not also with batching off")
     p.add_argument("--compare-windows", type=cli_types.milliseconds_list, default=None, metavar="MS,...",
                    help="also run the concurrency levels against servers with these --batch-window-ms values")
+    p.add_argument("--reply", choices=["messages", "bundle"], default="bundle",
+                   help="the benchmark clients ask for replies as OSC bundles (/backline/set bundle 1) or as single "
+                        "messages, one datagram each (default bundle)")
     p.add_argument("--parts", type=_bench_parts, default=None, metavar="PART,...",
                    help="only these parts: latency, clients, live (default: all)")
     p.add_argument("--training-seconds", type=cli_types.seconds, default=10.0,

@@ -40,6 +40,7 @@ def test_bench_prints_every_row_with_numbers(tmp_path):
         rows[label] = p50
     # The concurrency table: a row per level and batching mode, then a summary per mode.
     header = lines.index(next(line for line in lines if line.startswith("concurrent clients")))
+    assert "replies as OSC bundles (--reply bundle)" in lines[header]  # the default
     assert lines[header + 1].split() == ["clients", "batching", "sent", "replies", "errors", "busy", "lost",
                                          "p50", "p99", "max", "clips/s", "vs", "1st", "srv", "ms", "cli", "ms", "cpu"]
     level_rows = [line.split() for line in lines[header + 2:header + 6]]
@@ -70,7 +71,7 @@ def test_bench_prints_every_row_with_numbers(tmp_path):
     assert latency["bare_call_ms"]["p50"] > 0 and saved["live"]["available"] is False
     assert abs(latency["ratio_round_trip_over_bare"]["p50"] - rows["ratio round trip / bare call"]) < 0.01
     clients = saved["clients"]
-    assert clients["levels"] == [1, 2] and set(clients["batching"]) == {"on", "off"}
+    assert clients["levels"] == [1, 2] and set(clients["batching"]) == {"on", "off"} and clients["reply"] == "bundle"
     for mode, levels in clients["batching"].items():
         assert [level["clients"] for level in levels] == [1, 2]
         assert clients[f"saturation_{mode}"]["clips_per_s"] == max(level["clips_per_s"] for level in levels)
@@ -82,15 +83,19 @@ def test_bench_parts_can_be_skipped(tmp_path):
     model = tmp_path / "fixed.onnx"
     write_fixed_model(model)
     result = run_backline("bench", "--parts", "clients", "--clients", "1", "--level-seconds", "0.3", "--no-unbatched",
-                          "--model", model, "--device", "cpu", "--json", figures)
+                          "--reply", "messages", "--model", model, "--device", "cpu", "--json", figures)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
+    assert any(line.startswith("concurrent clients") and "replies as single messages (--reply messages)" in line
+               for line in lines)
     assert {"inference: skipped", "latency: skipped", "training: skipped", "live: skipped",
             "delivery: skipped"} <= set(lines)
     assert [line.split()[:2] for line in lines if line.strip().startswith("1 ")] == [["1", "on"]]
     saved = json.loads(figures.read_text())
     assert saved["latency"] == {"available": False, "reason": "skipped"}
     assert list(saved["clients"]["batching"]) == ["on"]
+    assert saved["clients"]["reply"] == "messages"
+    assert all(level["replies"] > 0 for level in saved["clients"]["batching"]["on"])  # read as single messages
 
 
 def test_bench_compares_onnxruntime_with_pytorch_and_times_training(tiny_model, tmp_path):

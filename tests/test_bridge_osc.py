@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import queue
+import random
 import shutil
 import signal
 import socket
@@ -22,6 +23,7 @@ import pytest
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import build_msg
 
+from backline.bridge.osc import protocol
 from backline.models.midi import midi_bytes, read_midi, write_midi
 from backline.models.notes import Note
 from backline.models.spec import TrackSpec
@@ -54,6 +56,25 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def bind_below_ephemeral(sock: socket.socket) -> None:
+    """Bind to a free loopback port below the kernel's ephemeral range. The server keeps a
+    client's `reply_to` pin after its socket closes; oscsend sends from an ephemeral port,
+    and one that happened to reuse a closed test client's port would have its replies
+    routed by that client's stale pin instead of the liblo session's reply_to."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    rng = random.Random()
+    for _ in range(200 if low > 11000 else 0):
+        try:
+            sock.bind(("127.0.0.1", rng.randrange(10000, low)))
+            return
+        except OSError:
+            continue
+    sock.bind(("127.0.0.1", 0))
 
 
 def need(tool: str) -> str:
@@ -117,7 +138,7 @@ class Client:
     def __init__(self, port: int) -> None:
         self.server = ("127.0.0.1", port)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        bind_below_ephemeral(self.sock)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
 
     def send(self, address: str, *args) -> None:
@@ -285,7 +306,7 @@ def test_oscsend_session_is_answered_to_oscdump(fixed_model, tmp_path):
         osc("/backline/reply_to", "si", "127.0.0.1", dump_port)
         osc("/backline/ping", "s", "p1")
         pong = wait_for("/backline/pong")
-        assert pong[-1].split(" ", 1)[1] == '/backline/pong ssss "p1" "0.1.0" "fixed" "CPUExecutionProvider"'
+        assert pong[-1].split(" ", 1)[1] == f'/backline/pong ssss "p1" "{protocol.version()}" "fixed" "CPUExecutionProvider"'
         osc("/backline/set", "si", "seed", 7)
         osc("/backline/clip/begin", "sf", "c1", 12.0)
         osc("/backline/clip/notes", "siffiiiffii", "c1", 70, 0.0, 4.0, 100, 0, 72, 4.0, 4.0, 100, 0)
@@ -424,7 +445,7 @@ def test_per_client_settings_and_ping(client):
     client.send("/backline/set", "model", "fixed")
     client.send("/backline/ping", 17)
     pong = client.receive_until(lambda m: m.address == "/backline/pong")
-    assert pong[-1].params == [17, "0.1.0", "fixed", "CPUExecutionProvider"]
+    assert pong[-1].params == [17, protocol.version(), "fixed", "CPUExecutionProvider"]
 
 
 def test_a_client_that_vanishes_mid_stream_does_not_hurt(server):

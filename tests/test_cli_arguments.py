@@ -110,6 +110,7 @@ BAD_ARGUMENTS: list[tuple[list[str], str]] = [
     (["bench", "--clients", "0"], "--clients"),
     (["bench", "--clients", "abc"], "--clients"),
     (["bench", "--parts", "speed"], "--parts"),
+    (["bench", "--reply", "bundles"], "--reply"),
     (["bench", "--compare-windows", "x"], "--compare-windows"),
     (["bench", "--level-seconds", "0"], "--level-seconds"),
     (["bench", "--seconds", "-5"], "--seconds"),

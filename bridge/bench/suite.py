@@ -16,7 +16,8 @@ clients   the round trip with 1, 4, 16, 64 concurrent client PROCESSES against o
           reply): p50/p99/max, throughput (completed clips/s) and every clip accounted for
           (sent = replies + errors + busy + lost). The clients are started once, wait until
           all are ready, and are released together for each level; they import python-osc
-          and numpy only.
+          and numpy only. They ask for their replies as OSC bundles (`--reply bundle`, the
+          default) or as single messages (`--reply messages`), in both parts above.
 inference ONNX Runtime vs PyTorch eager on the same generator (PyTorch rebuilt from the ONNX
           weights), batch 1 and 32, side by side, as a ratio (bridge/bench/inference.py);
 training  training windows per second with the real training steps
@@ -135,11 +136,13 @@ class _Servers:
 
 
 class _ClipClient:
-    """One bound UDP socket sending the clip and reading its reply stream."""
+    """One bound UDP socket sending the clip and reading its reply stream, as single
+    messages or (`bundle`, asked for after each ping) OSC bundles."""
 
-    def __init__(self, notes: Sequence[Note], host: str = "127.0.0.1") -> None:
+    def __init__(self, notes: Sequence[Note], host: str = "127.0.0.1", bundle: bool = True) -> None:
         self.notes = list(notes)
         self.host = host
+        self.bundle = bundle
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.sock.bind((host, 0))
@@ -156,6 +159,8 @@ class _ClipClient:
         if self._wait(ping_id, time.monotonic() + timeout, protocol.PONG) is None:
             raise BacklineError(f"no Backline bridge answered at {self.host}:{port} within {timeout:g} s; "
                                 "start one with: backline serve")
+        if self.bundle:
+            self.sock.sendto(protocol.message(protocol.SET, "bundle", 1).dgram, (self.host, port))
 
     def clip(self, port: int, timeout: float = REPLY_TIMEOUT_S) -> tuple[str, float]:
         """Send the clip, wait for its stream; (outcome, round trip in ms). Outcomes: ok,
@@ -175,39 +180,49 @@ class _ClipClient:
 
     def _wait(self, wanted_id: str, deadline: float, until: str | None = None) -> str | None:
         """Read replies for `wanted_id` until its stream ends (or `until` arrives); None at the deadline."""
-        from pythonosc.osc_message import OscMessage
-
         from backline.bridge.osc import protocol
 
         notes = 0
-        while (left := deadline - time.monotonic()) > 0:
-            self.sock.settimeout(left)
-            try:
-                data = self.sock.recv(65535)
-            except (socket.timeout, ConnectionError):
-                continue
-            try:
-                message = OscMessage(data)
-            except Exception:  # not a message of ours
-                continue
-            args = message.params
-            if not args or args[0] != wanted_id:
-                continue  # e.g. the rest of a clip that timed out before
-            if message.address == until:
-                return "ok"
-            if message.address == protocol.ACCOMP_NOTES:
-                notes += (len(args) - 2) // 5
-            elif message.address == protocol.ACCOMP_END:
-                return "ok" if args[1] == notes else "short"
-            elif message.address == protocol.ERROR:
-                return "busy" if args[1] == "busy" else "error"
+        while (messages := self._receive(deadline)) is not None:
+            for message in messages:
+                args = message.params
+                if not args or args[0] != wanted_id:
+                    continue  # e.g. the rest of a clip that timed out before
+                if message.address == until:
+                    return "ok"
+                if message.address == protocol.ACCOMP_NOTES:
+                    notes += (len(args) - 2) // 5
+                elif message.address == protocol.ACCOMP_END:
+                    return "ok" if args[1] == notes else "short"
+                elif message.address == protocol.ERROR:
+                    return "busy" if args[1] == "busy" else "error"
         return None
 
+    def _receive(self, deadline: float) -> list | None:
+        """The messages of the next datagram (a bundle's, or the one message); [] for one
+        that is not OSC; None at the deadline. A stream ends with its last datagram, so
+        nothing after a stream's end is left unread in one."""
+        from backline.bridge.osc import protocol
 
-def client_main(ports: Sequence[int], runs: int, notes: Sequence[Note] | None = None) -> dict[str, Any]:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        self.sock.settimeout(left)
+        try:
+            data = self.sock.recv(65535)
+        except (socket.timeout, ConnectionError):
+            return []
+        try:
+            return protocol.read_datagram(data)
+        except Exception:  # not a message of ours
+            return []
+
+
+def client_main(ports: Sequence[int], runs: int, notes: Sequence[Note] | None = None,
+                bundle: bool = True) -> dict[str, Any]:
     """The single client: N clips one after the other on each port, the ports taking
     turns in blocks; times from begin sent to end received, per port."""
-    client = _ClipClient(notes if notes is not None else clip_melody())
+    client = _ClipClient(notes if notes is not None else clip_melody(), bundle=bundle)
     times: dict[int, list[float]] = {port: [] for port in ports}
     failed: dict[int, int] = {port: 0 for port in ports}
     try:
@@ -232,11 +247,12 @@ def client_main(ports: Sequence[int], runs: int, notes: Sequence[Note] | None = 
     return {"times_ms": {str(p): t for p, t in times.items()}, "failed": {str(p): n for p, n in failed.items()}}
 
 
-def worker_main(ports: Sequence[int], notes: Sequence[Note], commands=sys.stdin, out=sys.stdout) -> None:
+def worker_main(ports: Sequence[int], notes: Sequence[Note], commands=sys.stdin, out=sys.stdout,
+                bundle: bool = True) -> None:
     """A concurrency client: says 'ready', then for each `run PORT T0 SECONDS` line sends
     the clip closed loop from monotonic time T0 until T0 + LEVEL_WARMUP_S + SECONDS and
     prints one JSON line: every clip's (outcome, start, end, round trip ms). `quit` ends."""
-    client = _ClipClient(notes)
+    client = _ClipClient(notes, bundle=bundle)
     try:
         for port in ports:
             client.ping(port)
@@ -257,8 +273,11 @@ def worker_main(ports: Sequence[int], notes: Sequence[Note], commands=sys.stdin,
         client.close()
 
 
-def _client_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "backline.bridge.bench.suite", "--client", *args]
+REPLY_FORMS = ("messages", "bundle")  # `--reply`: how the clients ask for their replies
+
+
+def _client_command(reply: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "backline.bridge.bench.suite", "--client", "--reply", reply, *args]
 
 
 def _notes_arg(notes: Sequence[Note]) -> str:
@@ -272,13 +291,13 @@ def measure_latency(args: argparse.Namespace) -> dict[str, Any]:
     """The bare call, then the single-client round trip with batching on and off, side by side."""
     notes = clip_melody()
     bare, name, provider = bare_call(args.model, args.device, notes, args.runs)
-    result: dict[str, Any] = {"model": name, "provider": provider, "runs": args.runs,
+    result: dict[str, Any] = {"model": name, "provider": provider, "runs": args.runs, "reply": args.reply,
                               "clip": f"{len(notes)} notes, {CLIP_BEATS:g} beats (ode-to-joy)", "bare_call_ms": bare}
     servers = _Servers(args.model, args.device, {"on": (), "off": BATCHING_OFF})
     try:
         ports = [servers.port("on"), servers.port("off")]
-        client = subprocess.run(_client_command("--ports", ",".join(map(str, ports)), "--runs", str(args.runs),
-                                                "--notes", _notes_arg(notes)),
+        client = subprocess.run(_client_command(args.reply, "--ports", ",".join(map(str, ports)),
+                                                "--runs", str(args.runs), "--notes", _notes_arg(notes)),
                                 capture_output=True, text=True, timeout=max(120, args.runs * 20))
         if client.returncode != 0:
             last = (client.stderr.strip().splitlines() or ["no output"])[-1]
@@ -319,9 +338,9 @@ def format_latency(latency: dict[str, Any]) -> list[str]:
 class _ClientPool:
     """`count` client processes, started together and kept for every level."""
 
-    def __init__(self, count: int, ports: Sequence[int], notes: Sequence[Note]) -> None:
+    def __init__(self, count: int, ports: Sequence[int], notes: Sequence[Note], reply: str) -> None:
         self.log = tempfile.TemporaryFile("w+")
-        command = _client_command("--worker", "--ports", ",".join(map(str, ports)), "--notes", _notes_arg(notes))
+        command = _client_command(reply, "--worker", "--ports", ",".join(map(str, ports)), "--notes", _notes_arg(notes))
         self.procs: list[subprocess.Popen] = []
         try:
             for _ in range(count):
@@ -435,9 +454,9 @@ def model_bound(model: str, device: str, notes: list[Note], batch: int, seconds:
     """What the model alone does with the same clips on the same cores, in this process:
     `batch` clips at a time, as the bridge's worker batches them. Two figures: the
     generator calls alone (the clips laid out once beforehand), and the whole clip path
-    without OSC (lay out, one batched call, decode and trim each clip)."""
+    without OSC (lay out, one batched call, decode the call's clips together, trim each)."""
     from backline.models import registry
-    from backline.models.accompaniment import decode, run_windows
+    from backline.models.accompaniment import DecodeRequest, decode_many, run_calls, run_windows
     from backline.models.melody import prepare
 
     from backline.bridge.clip.generate import trim
@@ -451,12 +470,17 @@ def model_bound(model: str, device: str, notes: list[Note], batch: int, seconds:
         for _ in run_windows(generator, inputs):
             pass
 
-    def clip_path() -> None:
+    def clip_path() -> None:  # as bridge/clip/generate.py does it
         melodies = [prepare(spec, notes) for _ in range(batch)]
         ready = [(m, generator.draw_z(seed, m.n_windows)) for seed, m in enumerate(melodies)]
-        for melody, probs in zip(melodies, run_windows(generator, ready)):
-            for _, track_notes in decode(spec, melody, probs).tracks:
-                trim(track_notes, CLIP_BEATS)
+        done = 0
+        for finished in run_calls(generator, ready):
+            requests = [DecodeRequest(m, probs, seed=done + i) for i, (m, probs) in
+                        enumerate(zip(melodies[done:done + len(finished)], finished))]
+            for accompaniment in decode_many(spec, requests):
+                for _, track_notes in accompaniment.tracks:
+                    trim(track_notes, CLIP_BEATS)
+            done += len(finished)
 
     def rate(work: Callable[[], None]) -> float:
         for _ in range(WARMUP_RUNS):
@@ -485,7 +509,7 @@ def measure_clients(args: argparse.Namespace) -> dict[str, Any]:
     notes = clip_melody()
     servers = _Servers(args.model, args.device, modes)
     try:
-        pool = _ClientPool(max(levels), [servers.port(m) for m in modes], notes)
+        pool = _ClientPool(max(levels), [servers.port(m) for m in modes], notes, args.reply)
         try:
             results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
             for clients in levels:
@@ -504,7 +528,7 @@ def measure_clients(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         servers.stop()
     report: dict[str, Any] = {"levels": levels, "level_seconds": args.level_seconds, "warmup_s": LEVEL_WARMUP_S,
-                              "batching": results,
+                              "reply": args.reply, "batching": results,
                               # Measured after the servers stopped, so that nothing else runs.
                               "model_bound": model_bound(args.model, args.device, notes, _max_batch(),
                                                          args.level_seconds)}
@@ -519,8 +543,12 @@ def measure_clients(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+_REPLY_WORDS = {"messages": "single messages", "bundle": "OSC bundles"}
+
+
 def format_clients(report: dict[str, Any]) -> list[str]:
-    lines = [f"concurrent clients (separate processes, closed loop, {report['level_seconds']:g} s per level after "
+    lines = [f"concurrent clients (separate processes, closed loop, replies as {_REPLY_WORDS[report['reply']]} "
+             f"(--reply {report['reply']}), {report['level_seconds']:g} s per level after "
              f"{report['warmup_s']:g} s warm-up; batching off = serve {' '.join(BATCHING_OFF)}, "
              "wait N ms = serve --batch-window-ms N):",
              f"{'clients':>7s}  {'batching':<10s}{'sent':>7s}{'replies':>8s}{'errors':>7s}{'busy':>6s}{'lost':>6s}"
@@ -736,14 +764,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ports", required=True, help="comma-separated UDP ports of the servers")
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--notes", default=None, help="the clip as JSON [[pitch, start, duration, velocity, mute], ...]")
+    parser.add_argument("--reply", choices=REPLY_FORMS, default="bundle",
+                        help="ask for the replies as OSC bundles or as single messages (default bundle)")
     args = parser.parse_args(argv)
     ports = [int(p) for p in args.ports.split(",")]
     notes = [Note(*n) for n in json.loads(args.notes)] if args.notes else clip_melody()
+    bundle = args.reply == "bundle"
     try:
         if args.worker:
-            worker_main(ports, notes)
+            worker_main(ports, notes, bundle=bundle)
         else:
-            print(json.dumps(client_main(ports, args.runs, notes)))
+            print(json.dumps(client_main(ports, args.runs, notes, bundle)))
     except BacklineError as exc:
         print(f"backline bench client: error: {exc}", file=sys.stderr)
         return 1

@@ -9,7 +9,9 @@ its noise from its own seed and is decoded with its own settings, so a clip gets
 notes in a batch as alone.
 
 A clip's stream: begin and the track headers, then the notes track by track, then end with
-the number of notes sent, so a client can tell a lost datagram from a quiet track. Melody
+the number of notes sent, so a client can tell a lost datagram from a quiet track. A
+client that asked for bundles gets the same messages packed: the headers in one bundle as
+soon as they are known, the notes and end in as few as fit. Melody
 problems are found before begin and answered with one /backline/error; any later failure
 ends the stream with /backline/error instead of /backline/accomp/end. A failure in one
 clip never reaches the others in its batch.
@@ -41,7 +43,7 @@ from backline.bridge.serving.engine import BatchJob, Engine
 
 log = logging.getLogger("backline.bridge")
 
-Send = Callable[[Address, OscMessage], None]
+Send = Callable[[Address, protocol.Packet], None]  # a message or a bundle: one datagram
 
 
 @dataclass(frozen=True)
@@ -154,10 +156,16 @@ def _generate(clips: list[_Clip], send: Send, started: float, batch: int) -> Non
 
 def _send_headers(clip: _Clip, send: Send) -> None:
     job, spec = clip.job, clip.generator.spec
-    send(job.target, protocol.accomp_begin(job.clip_id, spec.n_tracks, clip.length))
-    for index, track in enumerate(spec.tracks):
-        send(job.target, protocol.accomp_track(job.clip_id, index, track.name, track.program,
-                                               track.channel, track.is_drum))
+    _send_all(job, send, [protocol.accomp_begin(job.clip_id, spec.n_tracks, clip.length)]
+              + [protocol.accomp_track(job.clip_id, index, track.name, track.program, track.channel, track.is_drum)
+                 for index, track in enumerate(spec.tracks)])
+
+
+def _send_all(job: ClipJob, send: Send, messages: Sequence[OscMessage]) -> None:
+    """Part of a clip's reply, as single messages or, where its client asked for them
+    (`/backline/set bundle 1`), packed into as few OSC bundles as fit (docs/PROTOCOL.md)."""
+    for packet in protocol.packets(messages, bool(job.settings.bundle)):
+        send(job.target, packet)
 
 
 def _finish(clips: Sequence[_Clip], probs: Sequence[WindowProbabilities], send: Send, started: float, batch: int,
@@ -193,13 +201,13 @@ def _stream(clip: _Clip, accompaniment: Accompaniment | Exception, send: Send, s
     try:
         if isinstance(accompaniment, Exception):
             raise accompaniment
+        messages: list[OscMessage] = []
         total = 0
         for index, (_, track_notes) in enumerate(accompaniment.tracks):
             inside = trim(track_notes, clip.length)
-            for message in protocol.accomp_notes(job.clip_id, index, inside):
-                send(job.target, message)
+            messages += protocol.accomp_notes(job.clip_id, index, inside)
             total += len(inside)
-        send(job.target, protocol.accomp_end(job.clip_id, total))
+        _send_all(job, send, [*messages, protocol.accomp_end(job.clip_id, total)])
     except Exception as exc:
         _report(job, send, exc)
         return

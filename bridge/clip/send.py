@@ -7,12 +7,14 @@ the reply stream on the same socket, write melody + accompaniment to a MIDI file
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import socket
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Deque, Sequence
 
 from pythonosc.osc_message import OscMessage
 
@@ -30,20 +32,42 @@ PING_TIMEOUT_S = 2.0
 PAUSE_BETWEEN_MESSAGES_S = 0.0005
 
 
+# Per socket: the messages of a bundle that arrived but were not returned yet.
+_pending: "weakref.WeakKeyDictionary[socket.socket, Deque[OscMessage]]" = weakref.WeakKeyDictionary()
+
+
 def receive_message(sock: socket.socket, deadline: float) -> OscMessage | None:
     """The next OSC message on `sock`, or None once the `time.monotonic()` deadline has
-    passed; stray datagrams and bundles (not a reply of ours) are skipped."""
-    while (left := deadline - time.monotonic()) > 0:
+    passed with nothing received left to return. A bundle's messages come one by one, in
+    order (the rest wait for the next call); datagrams that are not OSC are skipped."""
+    pending = _pending.setdefault(sock, collections.deque())
+    while not pending:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
         sock.settimeout(left)
         try:
             data, _ = sock.recvfrom(65535)
         except (socket.timeout, ConnectionError):  # ConnectionError: Windows' ICMP reset
             continue
         try:
-            return OscMessage(data)
+            pending.extend(protocol.read_datagram(data))
         except Exception:
             continue
-    return None
+    return pending.popleft()
+
+
+def drain(sock: socket.socket) -> None:
+    """Drop whatever arrived on `sock` and was not read yet (late answers, stray errors)."""
+    _pending.pop(sock, None)
+    sock.setblocking(False)
+    try:
+        while True:
+            sock.recvfrom(65535)
+    except (BlockingIOError, ConnectionError):
+        pass
+    finally:
+        sock.setblocking(True)
 
 
 @dataclass
@@ -80,13 +104,16 @@ class BridgeClient:
         return receive_message(self.sock, deadline)
 
     def ping(self) -> list[Any]:
-        """The pong's arguments (id, version, model, provider); BacklineError if none comes."""
+        """The pong's arguments (id, version, model, provider); BacklineError if none comes.
+        Then asks for replies in bundles: a server older than the `bundle` setting answers
+        `unknown_setting` (id ""), which `_collect` passes over, and replies as before."""
         ping_id = _new_id("ping")
         self.send(protocol.REPLY_TO)  # replies to this socket, whatever others registered
         self.send(protocol.PING, ping_id)
         deadline = time.monotonic() + PING_TIMEOUT_S
         while (msg := self.receive(deadline)) is not None:
             if msg.address == protocol.PONG and msg.params[:1] == [ping_id]:
+                self.send(protocol.SET, "bundle", 1)
                 return msg.params
         raise BacklineError(
             f"no Backline bridge answered at {self.label} within {PING_TIMEOUT_S:g} s; "

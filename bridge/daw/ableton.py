@@ -183,14 +183,9 @@ class LiveClient:
 
     def drain(self) -> None:
         """Drop whatever arrived since the last query (late answers, stray errors)."""
-        self.sock.setblocking(False)
-        try:
-            while True:
-                self.sock.recvfrom(65535)
-        except (BlockingIOError, ConnectionError):
-            pass
-        finally:
-            self.sock.setblocking(True)
+        from backline.bridge.clip.send import drain
+
+        drain(self.sock)
 
     def _receive(self, deadline: float):
         from backline.bridge.clip.send import receive_message

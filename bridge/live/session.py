@@ -627,6 +627,9 @@ class LiveFrontend:
         if args[0] == "tempo":
             raise ProtocolError("bad_args", f"{address}: live mode's tempo is the host's clock; send "
                                             "/backline/transport/tempo (or MIDI clock) instead")
+        if args[0] == "bundle":  # live mode's plan always goes out as single messages
+            raise ProtocolError("bad_args", f"{address}: bundle is a setting of clip replies, not of live "
+                                            "mode; send /backline/set bundle 1")
         if self.configure is None:
             raise ProtocolError("bad_args", f"{address}: this live session takes no settings")
         self.configure(sender, address, args)

@@ -37,6 +37,7 @@ class Settings:
     threshold: float | None = None
     tempo: float | None = None  # kept for live mode; clip mode works in beats
     sample: bool | None = None
+    bundle: bool | None = None  # clip replies packed into OSC bundles (None: off)
 
     def with_overrides(self, **values: Any) -> "Settings":
         merged = {k: v for k, v in values.items() if v is not None}

@@ -16,8 +16,9 @@ import re
 import struct
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence, Union
 
+from pythonosc.osc_bundle import OscBundle
 from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
@@ -68,7 +69,11 @@ MAX_NOTES_PER_MESSAGE = 200  # in replies: near 5 KiB, under python-osc's 8 KiB 
 MAX_START_BEATS = 100_000.0
 MAX_DURATION_BEATS = 10_000.0
 MAX_ID_LENGTH = 256
-SETTING_KEYS = ("model", "seed", "threshold", "tempo", "sample")
+SETTING_KEYS = ("model", "seed", "threshold", "tempo", "sample", "bundle")
+_FLAG_SETTINGS = {  # the 0/1 settings, with what their bad values are told
+    "sample": "sample must be 0 (threshold) or 1 (sample notes)",
+    "bundle": "bundle must be 0 (one message a datagram) or 1 (replies packed into OSC bundles)",
+}
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -251,6 +256,22 @@ def _arguments_problem(data: bytes, tags: str, index: int) -> str | None:
     return None
 
 
+def read_datagram(data: bytes) -> list[OscMessage]:
+    """The messages in a datagram: the message itself, or a (possibly nested) bundle's in
+    the order they stand. Raises what python-osc raises for what it cannot parse."""
+    if OscBundle.dgram_is_bundle(data):
+        return list(_unpack(OscBundle(data)))
+    return [OscMessage(data)]
+
+
+def _unpack(bundle: OscBundle) -> Iterator[OscMessage]:
+    for content in bundle:
+        if isinstance(content, OscBundle):
+            yield from _unpack(content)
+        else:
+            yield content
+
+
 # --------------------------------------------------------------------------- parsing
 
 
@@ -390,11 +411,11 @@ def parse_setting(key: str, value: Any) -> Any:
         if not _is_number(value) or not 1 <= value <= 999:
             raise ProtocolError("bad_args", "tempo must be a number of beats per minute, 1..999")
         return float(value)
-    # sample
+    # sample, bundle
     if isinstance(value, bool):
         return value
     if not _is_int(value) or value not in (0, 1):
-        raise ProtocolError("bad_args", "sample must be 0 (threshold) or 1 (sample notes)")
+        raise ProtocolError("bad_args", _FLAG_SETTINGS[key])
     return bool(value)
 
 
@@ -512,6 +533,58 @@ def notes_messages(address: str, head: Sequence[str | int], notes: Sequence[Note
         messages.append(_Packed(prefix + _osc_string(f",{head_tags}{types}") + head_bytes
                                 + struct.pack(">" + types, *values)))
     return messages
+
+
+# --------------------------------------------------------------------------- bundled replies
+
+MAX_BUNDLE_BYTES = 8192  # a bundle's datagram: what python-osc's default receive buffer takes
+_BUNDLE_HEAD = BUNDLE_PREFIX + struct.pack(">Q", 1)  # time tag 1: "immediately"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """An outgoing OSC bundle of messages, as the bytes of its datagram."""
+
+    dgram: bytes
+
+
+Packet = Union[OscMessage, Bundle]  # what goes out as one datagram
+
+
+class BundlePacker:
+    """Messages in, in order; bundles out, each as full as MAX_BUNDLE_BYTES allow. A
+    message too big for that goes alone in its bundle."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._size = len(_BUNDLE_HEAD)
+
+    def add(self, message: OscMessage) -> Bundle | None:
+        """Take a message; the bundle so far if the message did not fit in it, else None."""
+        data = message.dgram
+        full = self.flush() if self._parts and self._size + 4 + len(data) > MAX_BUNDLE_BYTES else None
+        self._parts += (struct.pack(">i", len(data)), data)
+        self._size += 4 + len(data)
+        return full
+
+    def flush(self) -> Bundle | None:
+        """The bundle so far (None when empty); the next message starts a new one."""
+        if not self._parts:
+            return None
+        bundle = Bundle(_BUNDLE_HEAD + b"".join(self._parts))
+        self._parts, self._size = [], len(_BUNDLE_HEAD)
+        return bundle
+
+
+def packets(messages: Sequence[OscMessage], bundled: bool) -> list[Packet]:
+    """What to send for `messages`: the messages themselves, or (bundled) the messages in
+    order in as few bundles of at most MAX_BUNDLE_BYTES as they fit in."""
+    if not bundled:
+        return list(messages)
+    packer = BundlePacker()
+    out: list[Packet] = [full for message in messages if (full := packer.add(message)) is not None]
+    last = packer.flush()
+    return out if last is None else [*out, last]
 
 
 def pong(ping_id: str | int, model: str, provider: str) -> OscMessage:

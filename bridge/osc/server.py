@@ -28,7 +28,7 @@ from backline.models.errors import BacklineError
 from backline.bridge.osc.clients import Address
 from backline.bridge.osc.handlers import Bridge
 from backline.bridge.osc.pacing import DEFAULT_RATE, ReplyPacer
-from backline.bridge.osc.protocol import ProtocolError, datagram_problem
+from backline.bridge.osc.protocol import Packet, ProtocolError, datagram_problem, read_datagram
 
 log = logging.getLogger("backline.bridge")
 
@@ -58,7 +58,7 @@ class _ExactDispatcher(Dispatcher):
         problem = datagram_problem(data)  # before parsing: python-osc guesses past some faults
         if problem is None:
             try:
-                messages = list(_messages(data))
+                messages = read_datagram(data)
             except Exception as exc:  # ParseError, or anything a hostile datagram provokes
                 problem = f"{type(exc).__name__}: {exc}"
         if problem is not None:
@@ -68,22 +68,6 @@ class _ExactDispatcher(Dispatcher):
             for handler in self.handlers_for_address(message.address):
                 handler.invoke(sender, message)
         return []
-
-
-def _messages(data: bytes) -> Iterator[OscMessage]:
-    """The messages of a datagram, a bundle's in the order they stand in it."""
-    if OscBundle.dgram_is_bundle(data):
-        yield from _unpack(OscBundle(data))
-    else:
-        yield OscMessage(data)
-
-
-def _unpack(bundle: OscBundle) -> Iterator[OscMessage]:
-    for content in bundle:
-        if isinstance(content, OscBundle):
-            yield from _unpack(content)
-        else:
-            yield content
 
 
 class _Server(BlockingOSCUDPServer):
@@ -184,9 +168,10 @@ class OscServer:
                 server.shutdown()  # waits for the loop to finish its current datagram
             server.server_close()
 
-    def send(self, target: Address, message: OscMessage) -> None:
-        """Thread-safe; paced per target (bridge/osc/pacing.py); a peer that has gone is not an error."""
-        self.pacer.send(target, message.dgram)
+    def send(self, target: Address, packet: Packet) -> None:
+        """A message or bundle. Thread-safe; paced per target (bridge/osc/pacing.py); a peer
+        that has gone is not an error."""
+        self.pacer.send(target, packet.dgram)
 
     def _sendto(self, target: Address, data: bytes) -> None:
         server = self._server
