@@ -212,7 +212,10 @@ class _Timeline:
         return cls(offsets, int(offsets[-1]) + lengths[-1])
 
     def lay(self, parts: Sequence[np.ndarray], axis: int, fill: float = 0.0) -> np.ndarray:
-        """The parts (each on its melody's own steps along `axis`) on the time line."""
+        """The parts (each on its melody's own steps along `axis`) on the time line (a lone
+        melody's own array: nothing on the line is written to)."""
+        if len(parts) == 1 and parts[0].shape[axis] == self.n_steps:
+            return parts[0]
         shape = list(parts[0].shape)
         shape[axis] = self.n_steps
         out = np.full(shape, fill, dtype=parts[0].dtype)

@@ -46,9 +46,10 @@ def fit_range(pitch: np.ndarray, start: np.ndarray, length: np.ndarray, low: int
     inside = (pitch[:, None] + 12 * OCTAVES >= low) & (pitch[:, None] + 12 * OCTAVES <= high)
     per_phrase = np.zeros((phrase[-1] + 1, len(OCTAVES)), dtype=int)
     np.add.at(per_phrase, phrase, inside)
-    move = OCTAVES[_best_octaves(per_phrase)]
-    moving = np.isin(phrase, phrase[outside])  # only phrases with a note outside move
-    pitch[moving] += 12 * move[phrase[moving]]
+    move = 12 * OCTAVES[_best_octaves(per_phrase)]
+    strays = np.zeros(len(per_phrase), dtype=bool)  # only phrases with a note outside move
+    strays[phrase[outside]] = True
+    pitch += np.where(strays, move, 0)[phrase]
     return _fold(pitch, low, high)
 
 
@@ -66,12 +67,17 @@ def _best_octaves(inside: np.ndarray) -> np.ndarray:
 
 
 def _phrases(start: np.ndarray, length: np.ndarray, phrase_gap: int) -> np.ndarray:
-    """Each note's phrase number (notes sorted by start). A phrase starts where a note
-    begins a full gap after everything before it ended."""
+    """Each note's phrase number (notes sorted by start)."""
+    return np.cumsum(_phrase_heads(start, length, phrase_gap)) - 1
+
+
+def _phrase_heads(start: np.ndarray, length: np.ndarray, phrase_gap: int) -> np.ndarray:
+    """Bool per note (sorted by start): it starts a phrase, beginning a full gap after
+    everything before it ended."""
     end = np.maximum.accumulate(start + length)
     new_phrase = np.ones(len(start), dtype=bool)
     new_phrase[1:] = start[1:] - end[:-1] >= phrase_gap
-    return np.cumsum(new_phrase) - 1
+    return new_phrase
 
 
 def _fold(pitch: np.ndarray, low: int, high: int) -> np.ndarray:
@@ -271,29 +277,32 @@ def _place_phrases(tops: np.ndarray, row: int, neighbours: Sequence[tuple[int, b
     phrase. Most phrases cross nothing where fit_range put them; only the others are weighed.
     """
     low, high = playable
-    phrase = _phrases(start[mine], length[mine], phrase_gap)
-    heads = np.flatnonzero(np.r_[True, np.diff(phrase) != 0])
+    is_head = _phrase_heads(start[mine], length[mine], phrase_gap)
+    phrase = np.cumsum(is_head) - 1
+    heads = np.flatnonzero(is_head)
     firsts = start[mine][heads]
     lasts = np.maximum.reduceat(start[mine] + length[mine], heads)
     crossing = _crossing_steps(tops, row, neighbours)
-    weighed = np.flatnonzero(crossing[lasts] != crossing[firsts])
-    if not len(weighed):
+    weighed = crossing[lasts] != crossing[firsts]  # per phrase
+    if not weighed.any():
         return
     # The weighed phrases' notes, and their steps packed end to end (phrase spans do not
     # overlap): phrase w's step t is packed step span_at[w] + t - firsts[w].
-    of_note = np.flatnonzero(np.isin(phrase, weighed))  # phrase numbers count from 0
+    of_note = np.flatnonzero(weighed[phrase])
     notes = mine[of_note]
-    which = np.searchsorted(weighed, np.searchsorted(heads, of_note, side="right") - 1)  # weighed phrase per note
-    spans = (lasts - firsts)[weighed]
+    which = (np.cumsum(weighed) - 1)[phrase[of_note]]  # each note's weighed phrase, counted from 0
+    firsts, lasts = firsts[weighed], lasts[weighed]
+    n_weighed = len(firsts)
+    per_phrase = np.bincount(which, minlength=n_weighed)  # notes
+    note_heads = np.cumsum(per_phrase) - per_phrase
+    spans = lasts - firsts
     span_at = np.cumsum(spans) - spans
-    steps = np.repeat(firsts[weighed] - span_at, spans) + np.arange(spans.sum())  # packed -> time-line step
-    note_heads = np.flatnonzero(np.r_[True, np.diff(which) != 0])
+    steps = np.repeat(firsts - span_at, spans) + np.arange(spans.sum())  # packed -> time-line step
     # Every placement of every phrase: [9, notes] pitches, [9, packed steps] tops, [9, phrases] costs.
     moved = pitch[notes][None, :] + 12 * OCTAVES[:, None]
     folded = np.add.reduceat(((moved < low) | (moved > high)).astype(int), note_heads, axis=1)
     placed = _fold(moved, low, high)
-    placed_tops = _tops_each(placed, start[notes] - firsts[weighed][which] + span_at[which], length[notes],
-                             int(spans.sum()))
+    placed_tops = _tops_each(placed, start[notes] - firsts[which] + span_at[which], length[notes], int(spans.sum()))
     crossed = np.zeros(placed_tops.shape, dtype=int)
     for other_row, is_upper in neighbours:
         other = tops[other_row, steps]
@@ -302,15 +311,15 @@ def _place_phrases(tops: np.ndarray, row: int, neighbours: Sequence[tuple[int, b
     cost = np.add.reduceat(crossed, span_at, axis=1) + phrase_gap * folded  # a fold costs a beat of steps
     # fit_range's placement (where each phrase stands now) keeps its place unless another
     # costs strictly less; among equals the smaller move from it, then the lower octave.
-    fit = _best_octaves((np.diff(np.r_[note_heads, len(notes)]) - folded).T)
+    fit = _best_octaves((per_phrase - folded).T)
     distance = np.abs(OCTAVES[:, None] - OCTAVES[fit][None, :])
     best = np.argmin((cost * 16 + distance) * 16 + np.arange(len(OCTAVES))[:, None], axis=0)
-    moves = cost[best, np.arange(len(weighed))] < cost[fit, np.arange(len(weighed))]
+    moves = cost[best, np.arange(n_weighed)] < cost[fit, np.arange(n_weighed)]
     if not moves.any():
         return
     moving = moves[which]
     fitted[notes[moving]] = placed[best[which], np.arange(len(notes))][moving]
-    step_phrase = np.repeat(np.arange(len(weighed)), spans)
+    step_phrase = np.repeat(np.arange(n_weighed), spans)
     moving_steps = moves[step_phrase]
     tops[row, steps[moving_steps]] = placed_tops[best[step_phrase], np.arange(len(steps))][moving_steps]
 
