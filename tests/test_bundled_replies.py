@@ -135,8 +135,9 @@ class Recorder:
 
 def test_a_bundled_clip_is_its_headers_in_one_bundle_then_the_rest_packed(tmp_path):
     """In-process, through the generation worker's own code: a clip whose client asked for
-    bundles gets begin and the headers as one bundle, then notes and end packed; the
-    messages are those an unbundled clip gets; errors stay single messages."""
+    bundles gets begin and the headers as one bundle, then notes and end packed, and the
+    next clip of its batch its headers, notes and end in one bundle; the messages are
+    those an unbundled clip gets; errors stay single messages."""
     from backline.bridge.clip.generate import ClipJob, run_clips
     from backline.bridge.osc.clients import Settings
     from backline.bridge.serving.engine import Engine
@@ -149,7 +150,8 @@ def test_a_bundled_clip_is_its_headers_in_one_bundle_then_the_rest_packed(tmp_pa
         for bundled in (False, True):
             recorder = Recorder()
             jobs = [ClipJob(("127.0.0.1", 9), "a", Settings(seed=2, bundle=bundled), melody, 32.0),
-                    ClipJob(("127.0.0.1", 9), "muted", Settings(bundle=bundled), [Note(60, 0.0, 1.0, mute=True)], 4.0)]
+                    ClipJob(("127.0.0.1", 9), "muted", Settings(bundle=bundled), [Note(60, 0.0, 1.0, mute=True)], 4.0),
+                    ClipJob(("127.0.0.1", 9), "b", Settings(seed=3, bundle=bundled), melody[:8], 8.0)]
             run_clips(jobs, engine, recorder)
             replies[bundled] = recorder.sent
     finally:
@@ -162,7 +164,10 @@ def test_a_bundled_clip_is_its_headers_in_one_bundle_then_the_rest_packed(tmp_pa
     unpacked = [m for p in packed[1:] for m in protocol.read_datagram(p.dgram)]
     assert content([packed[0], *unpacked]) == content(plain)
     assert all(isinstance(p, protocol.Bundle) and len(p.dgram) <= protocol.MAX_BUNDLE_BYTES for p in packed[1:])
-    assert len(packed) - 1 < len(plain) - 1 and len(plain) > 2 + n_tracks + 1
+    assert len(packed) - 1 < len(plain) - 1 and len(plain) > 2 * (2 + n_tracks + 1)
+    last = protocol.read_datagram(packed[-1].dgram)  # clip b: the whole reply in one bundle
+    assert [m.params[0] for m in last] == ["b"] * len(last) and last[0].address == protocol.ACCOMP_BEGIN
+    assert last[-1].address == protocol.ACCOMP_END and len(last) == sum(m.params[0] == "b" for m in plain)
 
 
 # --------------------------------------------------------------------------- a real serve

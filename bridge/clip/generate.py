@@ -10,8 +10,9 @@ notes in a batch as alone.
 
 A clip's stream: begin and the track headers, then the notes track by track, then end with
 the number of notes sent, so a client can tell a lost datagram from a quiet track. A
-client that asked for bundles gets the same messages packed: the headers in one bundle as
-soon as they are known, the notes and end in as few as fit. Melody
+client that asked for bundles gets the same messages packed: the first clip of a batch its
+headers in one bundle before the model runs, the notes and end in as few as fit; a later
+clip its headers with its notes. Melody
 problems are found before begin and answered with one /backline/error; any later failure
 ends the stream with /backline/error instead of /backline/accomp/end. A failure in one
 clip never reaches the others in its batch.
@@ -155,10 +156,15 @@ def _generate(clips: list[_Clip], send: Send, started: float, batch: int) -> Non
 
 
 def _send_headers(clip: _Clip, send: Send) -> None:
+    _send_all(clip.job, send, _headers(clip))
+
+
+def _headers(clip: _Clip) -> list[OscMessage]:
+    """A clip's begin and track headers."""
     job, spec = clip.job, clip.generator.spec
-    _send_all(job, send, [protocol.accomp_begin(job.clip_id, spec.n_tracks, clip.length)]
-              + [protocol.accomp_track(job.clip_id, index, track.name, track.program, track.channel, track.is_drum)
-                 for index, track in enumerate(spec.tracks)])
+    return [protocol.accomp_begin(job.clip_id, spec.n_tracks, clip.length)] + [
+        protocol.accomp_track(job.clip_id, index, track.name, track.program, track.channel, track.is_drum)
+        for index, track in enumerate(spec.tracks)]
 
 
 def _send_all(job: ClipJob, send: Send, messages: Sequence[OscMessage]) -> None:
@@ -183,9 +189,7 @@ def _finish(clips: Sequence[_Clip], probs: Sequence[WindowProbabilities], send: 
     except Exception:
         decoded = [_decode_alone(spec, request) for request in requests]
     for index, (clip, accompaniment) in enumerate(zip(clips, decoded)):
-        if not (first and index == 0):
-            _send_headers(clip, send)
-        _stream(clip, accompaniment, send, started, batch)
+        _stream(clip, accompaniment, send, started, batch, [] if first and index == 0 else _headers(clip))
 
 
 def _decode_alone(spec: GeneratorSpec, request: DecodeRequest) -> Accompaniment | Exception:
@@ -195,13 +199,16 @@ def _decode_alone(spec: GeneratorSpec, request: DecodeRequest) -> Accompaniment 
         return exc
 
 
-def _stream(clip: _Clip, accompaniment: Accompaniment | Exception, send: Send, started: float, batch: int) -> None:
-    """One decoded clip's notes and end, or its error."""
+def _stream(clip: _Clip, accompaniment: Accompaniment | Exception, send: Send, started: float, batch: int,
+            headers: Sequence[OscMessage] = ()) -> None:
+    """One decoded clip's `headers` (begin and tracks, unless sent already), notes and
+    end, or its headers and then its error. Sent together, a bundled reply is one datagram
+    where it fits in one."""
     job = clip.job
     try:
         if isinstance(accompaniment, Exception):
             raise accompaniment
-        messages: list[OscMessage] = []
+        messages: list[OscMessage] = list(headers)
         total = 0
         for index, (_, track_notes) in enumerate(accompaniment.tracks):
             inside = trim(track_notes, clip.length)
@@ -209,6 +216,7 @@ def _stream(clip: _Clip, accompaniment: Accompaniment | Exception, send: Send, s
             total += len(inside)
         _send_all(job, send, [*messages, protocol.accomp_end(job.clip_id, total)])
     except Exception as exc:
+        _send_all(job, send, headers)
         _report(job, send, exc)
         return
     log.info("clip %r for %s:%d: %d melody notes -> %d tracks, %d notes in %.0f ms%s", job.clip_id,
