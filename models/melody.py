@@ -17,7 +17,7 @@ import numpy as np
 from .errors import BacklineError
 from .keys import Key, estimate_key, normalising_shift
 from .meter import Meter
-from .notes import Note, notes_to_roll, transpose_notes
+from .notes import Note, notes_to_roll
 from .spec import GeneratorSpec
 from .voicing import melody_velocity_curve
 
@@ -84,10 +84,8 @@ def prepare(spec: GeneratorSpec, melody: Sequence[Note], meter: Meter = Meter())
     length_beats = max(n.end for n in notes)
     n_steps = math.ceil(length_beats * spec.steps_per_beat - 1e-9)
     n_windows = max(1, math.ceil(n_steps / spec.window_steps))
-    roll = notes_to_roll(
-        transpose_notes(notes, shift), n_windows * spec.window_steps,
-        spec.steps_per_beat, spec.lowest_pitch, spec.n_pitches, clip=False,
-    )
+    roll = notes_to_roll(notes, n_windows * spec.window_steps, spec.steps_per_beat, spec.lowest_pitch,
+                         spec.n_pitches, clip=False, shift=shift)
     windows = roll.frames.reshape(n_windows, spec.window_steps, spec.n_pitches).astype(np.float32)
     curve = melody_velocity_curve(notes, max(n_steps, 1), spec.steps_per_beat)
     mean_velocity = float(np.mean([n.velocity for n in notes]))

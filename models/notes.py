@@ -57,8 +57,9 @@ def notes_to_roll(
     n_pitches: int,
     *,
     clip: bool = True,
+    shift: int = 0,
 ) -> Roll:
-    """Quantise notes to the step grid.
+    """Quantise notes (moved by `shift` semitones) to the step grid.
 
     Start and end snap to the nearest step; a note shorter than half a step still keeps one
     step. Notes outside the pitch range raise ValueError unless `clip` is true, in which
@@ -69,12 +70,12 @@ def notes_to_roll(
     for note in notes:
         if note.mute:
             continue
-        column = int(note.pitch) - lowest_pitch
+        column = int(note.pitch) + shift - lowest_pitch
         if not 0 <= column < n_pitches:
             if clip:
                 continue
             raise ValueError(
-                f"pitch {note.pitch} is outside {lowest_pitch}..{lowest_pitch + n_pitches - 1}"
+                f"pitch {int(note.pitch) + shift} is outside {lowest_pitch}..{lowest_pitch + n_pitches - 1}"
             )
         start = int(round(note.start * steps_per_beat))
         end = max(start + 1, int(round(note.end * steps_per_beat)))
@@ -131,7 +132,3 @@ def note_runs(frames: np.ndarray, onsets: np.ndarray) -> tuple[np.ndarray, np.nd
 def note_durations(roll: Roll) -> np.ndarray:
     """Durations in steps of every note in the roll (as `roll_to_notes` decodes them)."""
     return note_runs(roll.frames[None], roll.onsets[None])[3].astype(int)
-
-
-def transpose_notes(notes: Iterable[Note], semitones: int) -> list[Note]:
-    return [n._replace(pitch=n.pitch + semitones) for n in notes]

@@ -64,7 +64,7 @@ import numpy as np
 from backline.models.melody import MelodyError, melody_shift
 from backline.models.accompaniment import voice_track
 from backline.models.errors import BacklineError
-from backline.models.notes import Note, note_runs, notes_to_roll, transpose_notes
+from backline.models.notes import Note, note_runs, notes_to_roll
 from backline.models.voicing import melody_velocity_curve, roll_top, voice_parts
 from backline.models.runtime import Generator
 from backline.models.thresholds import binarise
@@ -174,8 +174,8 @@ def generate_bar(generator: Generator, window: list[Note], key_notes: Sequence[N
             _, shift = melody_shift(window, spec)
         except MelodyError:
             shift = 0
-    roll = notes_to_roll(transpose_notes(window, shift), spec.window_steps, spec.steps_per_beat,
-                         spec.lowest_pitch, spec.n_pitches, clip=True)
+    roll = notes_to_roll(window, spec.window_steps, spec.steps_per_beat, spec.lowest_pitch, spec.n_pitches,
+                         clip=True, shift=shift)
     if not roll.frames.any():
         return None
     probs = generator.run(roll.frames[None].astype(np.float32), z)
