@@ -22,6 +22,7 @@ import time
 import pytest
 from pythonosc.osc_message import OscMessage
 
+from backline.bridge.osc import protocol
 from backline.bridge.clip.send import BridgeClient
 from backline.models.notes import Note
 
@@ -76,7 +77,7 @@ class Relay:
                     continue
                 if sock is self.front:
                     self.client = addr
-                    self.sent.append(OscMessage(data))
+                    self.sent += protocol.read_datagram(data)  # a short clip comes as one bundle
                     self.back.sendto(data, self.bridge)
                 elif self.client:
                     self.front.sendto(data, self.client)

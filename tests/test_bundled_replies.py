@@ -197,13 +197,19 @@ class Peer:
     def send(self, address: str, *args) -> None:
         self.sock.sendto(protocol.message(address, *args).dgram, self.server)
 
-    def clip(self, clip_id: str, notes: list[Note], seed: int = 0) -> list[tuple[bytes, float]]:
-        """Every datagram of the clip's reply, with the time it arrived."""
-        self.send(protocol.CLIP_BEGIN, clip_id, max(n.end for n in notes), "", seed)
-        for message in protocol.notes_messages(protocol.CLIP_NOTES, (clip_id,), notes):
-            self.sock.sendto(message.dgram, self.server)
-            time.sleep(0.001)
-        self.send(protocol.CLIP_END, clip_id)
+    def clip(self, clip_id: str, notes: list[Note], seed: int = 0, as_request: bool = False
+             ) -> list[tuple[bytes, float]]:
+        """Every datagram of the clip's reply, with the time it arrived. The clip goes out as
+        messages, or (`as_request`) as `protocol.clip_request` packs it, as clients send it."""
+        if as_request:
+            for packet in protocol.clip_request(clip_id, notes, max(n.end for n in notes), "", seed):
+                self.sock.sendto(packet.dgram, self.server)
+        else:
+            self.send(protocol.CLIP_BEGIN, clip_id, max(n.end for n in notes), "", seed)
+            for message in protocol.notes_messages(protocol.CLIP_NOTES, (clip_id,), notes):
+                self.sock.sendto(message.dgram, self.server)
+                time.sleep(0.001)
+            self.send(protocol.CLIP_END, clip_id)
         got = []
         deadline = time.monotonic() + 60
         while (left := deadline - time.monotonic()) > 0:
@@ -430,3 +436,17 @@ def test_the_doc_names_a_released_version_for_the_bundle_setting():
     named = re.findall(r"`bundle`.*?since (?:\*\*)?Backline (\d+\.\d+\.\d+)", doc)
     assert len(named) == 2 and len(set(named)) == 1, named
     assert (0, 1, 0) < tuple(map(int, named[0].split("."))) <= current
+
+
+def test_a_clip_request_is_one_bundle_where_it_fits_and_the_server_reads_it_as_the_messages(peer):
+    short, long = four_bars(), melody_of(400)
+    [bundle] = protocol.clip_request("c", short, 16.0, "", 7)
+    assert isinstance(bundle, protocol.Bundle) and len(bundle.dgram) <= protocol.MAX_BUNDLE_BYTES
+    assert content(protocol.read_datagram(bundle.dgram)) == content(
+        [protocol.message(protocol.CLIP_BEGIN, "c", 16.0, "", 7),
+         *protocol.notes_messages(protocol.CLIP_NOTES, ("c",), short), protocol.message(protocol.CLIP_END, "c")])
+    assert not any(isinstance(p, protocol.Bundle) for p in protocol.clip_request("c", long, 400.0))
+    as_messages = [protocol.read_datagram(data) for data, _ in peer.clip("same", short, seed=7)]
+    as_bundle = [protocol.read_datagram(data) for data, _ in peer.clip("same", short, seed=7, as_request=True)]
+    assert [content(m) for m in as_bundle] == [content(m) for m in as_messages]
+    assert sum(len(m) for m in as_bundle) > 5

@@ -169,9 +169,7 @@ class _ClipClient:
 
         self.count += 1
         clip_id = f"bench-{os.getpid()}-{self.count}"
-        datagrams = [protocol.message(protocol.CLIP_BEGIN, clip_id, CLIP_BEATS).dgram,
-                     *(m.dgram for m in protocol.notes_messages(protocol.CLIP_NOTES, (clip_id,), self.notes)),
-                     protocol.message(protocol.CLIP_END, clip_id).dgram]
+        datagrams = [p.dgram for p in protocol.clip_request(clip_id, self.notes, CLIP_BEATS)]  # as backline send
         started = time.perf_counter()
         for data in datagrams:
             self.sock.sendto(data, (self.host, port))

@@ -124,11 +124,11 @@ class BridgeClient:
                   tempo: float, timeout: float, meter: str = "") -> Reply:
         """`meter`: the notes' meter, e.g. '6/8' ('': 4/4)."""
         clip_id = _new_id("clip")
-        self.send(protocol.CLIP_BEGIN, clip_id, float(length_beats), model or "", seed, float(tempo), meter)
-        for message in protocol.notes_messages(protocol.CLIP_NOTES, (clip_id,), notes):
-            self.sock.sendto(message.dgram, self.server)
-            time.sleep(PAUSE_BETWEEN_MESSAGES_S)
-        self.send(protocol.CLIP_END, clip_id)
+        request = protocol.clip_request(clip_id, notes, float(length_beats), model or "", seed, float(tempo), meter)
+        for index, packet in enumerate(request):
+            if index:
+                time.sleep(PAUSE_BETWEEN_MESSAGES_S)
+            self.sock.sendto(packet.dgram, self.server)
         return self._collect(clip_id, time.monotonic() + timeout, timeout)
 
     def _collect(self, clip_id: str, deadline: float, timeout: float) -> Reply:
