@@ -9,8 +9,9 @@ of the same pitch at once (no doubled note).
 
 `accompany` is three steps, kept apart so that the bridge can put several melodies'
 windows through one model call: `prepare` (melody -> windows), `run_windows` (windows and
-noise -> probabilities, at most `MAX_RUN_WINDOWS` windows per model call) and `decode`
-(probabilities -> notes). A window's output does not depend on the other windows in its
+noise -> probabilities, at most `MAX_RUN_WINDOWS` windows per model call; `run_calls`
+gives them call by call) and `decode` (probabilities -> notes; `decode_many` reads the
+melodies one call finished together, each as `decode` reads it alone). A window's output does not depend on the other windows in its
 call (the generator has no batch statistics at inference): on the CPU provider it is the
 same to the bit in any batch, so batching changes no note (tests/test_batching.py).
 """
@@ -29,7 +30,7 @@ from .notes import Note, note_runs
 from .runtime import Generator
 from .thresholds import binarise, track_thresholds
 from .spec import GeneratorSpec, TrackSpec
-from .voicing import accents, fit_range, roll_top, velocities, voice_parts
+from .voicing import accents, fit_range, roll_top, voice_parts
 
 # Windows per model call. ONNX Runtime's working memory grows with the batch: a
 # 10,000-beat melody (834 windows) in one call peaked at 1.1 GB of RSS, in calls of 32 at
@@ -268,7 +269,9 @@ def _decode_together(spec: GeneratorSpec, requests: Sequence[DecodeRequest]) -> 
 
 @dataclass(frozen=True)
 class _Dynamics:
-    """What velocities follow, per melody, on the time line (see `voice_track`)."""
+    """What velocities follow, per melody, on the time line (see `voice_track`): each note
+    the melody's velocity where it starts, scaled by its track's loudness against the
+    melody's, accented by its place in the melody's bar; or the velocity asked for."""
 
     curve: np.ndarray  # the melody's velocity per step
     mean: np.ndarray  # [melodies] the melody's mean velocity
@@ -292,13 +295,14 @@ def _track_notes(spec: GeneratorSpec, track: TrackSpec, pitch: np.ndarray, start
     pitch, start, length = _in_range(track, pitch, start, length, spec.steps_per_beat)
     owner = line.owner(start)
     local = start - line.offsets[owner]
-    # The track's loudness against the melody's (as voice_track works it out per melody).
+    # The track's loudness against the melody's.
     reference = np.full(len(owner), float(spec.melody.velocity)) if spec.melody.velocity else dynamics.mean[owner]
     level = np.ones(len(owner))
     if track.velocity:
         np.divide(track.velocity, reference, out=level, where=reference != 0)
     lean = accents(local, spec.steps_per_beat, dynamics.bar_steps[owner], dynamics.beat_steps[owner])
-    computed = np.clip(np.rint(dynamics.curve[start] * level * lean), 1, 127).astype(int)
+    base = dynamics.curve[np.minimum(start, len(dynamics.curve) - 1)]  # a lone melody's curve may be short
+    computed = np.clip(np.rint(base * level * lean), 1, 127).astype(int)
     levels = np.where(dynamics.fixed[owner] > 0, dynamics.fixed[owner], computed).tolist()
     step_beats = 1.0 / spec.steps_per_beat
     notes = [Note(p, b * step_beats, d * step_beats, v)
@@ -315,18 +319,13 @@ def voice_track(spec: GeneratorSpec, track: TrackSpec, pitch: np.ndarray, start:
     them: in its range, with velocities from the melody's `curve` (per step, same origin as
     `start`) relative to `melody_velocity`, or all `velocity` when given. Times come out in
     beats plus `offset_beats`. Accents follow bars of `bar_steps` and beats of `beat_steps`
-    (default: the model's own bar of quarter-note beats)."""
-    pitch, start, length = _in_range(track, pitch, start, length, spec.steps_per_beat)
-    if velocity is None:
-        reference = spec.melody.velocity or melody_velocity
-        level = (track.velocity / reference) if track.velocity and reference else 1.0
-        levels = velocities(start, curve, level, spec.steps_per_beat, bar_steps or spec.steps_per_bar,
-                            beat_steps).tolist()
-    else:
-        levels = [velocity] * len(pitch)
-    step_beats = 1.0 / spec.steps_per_beat
-    return [Note(p, offset_beats + b * step_beats, d * step_beats, v)
-            for p, b, d, v in zip(pitch.tolist(), start.tolist(), length.tolist(), levels)]
+    (default: the model's own bar of quarter-note beats). Live mode's bars; `decode` reads
+    every melody of a batch by the same rule at once."""
+    line = _Timeline(np.zeros(1, dtype=int), len(curve))
+    dynamics = _Dynamics(np.asarray(curve, dtype=float), np.array([melody_velocity]), np.array([velocity or 0]),
+                         np.array([bar_steps or spec.steps_per_bar]), np.array([beat_steps or spec.steps_per_beat]))
+    [notes] = _track_notes(spec, track, pitch, start, length, line, dynamics)
+    return [n._replace(start=offset_beats + n.start) for n in notes] if offset_beats else notes
 
 
 def _in_range(track: TrackSpec, pitch: np.ndarray, start: np.ndarray, length: np.ndarray, steps_per_beat: int):

@@ -165,14 +165,6 @@ def accents(start: np.ndarray, steps_per_beat: int, steps_per_bar: int | np.ndar
     return np.asarray(ACCENTS)[position]
 
 
-def velocities(start: np.ndarray, curve: np.ndarray, level: float, steps_per_beat: int, steps_per_bar: int,
-               steps_per_felt_beat: int | None = None) -> np.ndarray:
-    """MIDI velocities 1..127 for notes starting at `start` steps."""
-    base = curve[np.clip(start, 0, len(curve) - 1)] * level
-    lean = accents(start, steps_per_beat, steps_per_bar, steps_per_felt_beat)
-    return np.clip(np.rint(base * lean), 1, 127).astype(int)
-
-
 def voice_parts(melody: TrackSpec, tracks: Sequence[TrackSpec], track_of: np.ndarray, pitch: np.ndarray,
                 start: np.ndarray, length: np.ndarray, phrase_gap: int,
                 melody_top: np.ndarray | None = None) -> np.ndarray:
