@@ -23,6 +23,7 @@ from .daw.ableton import add_ableton_parser
 from .daw.ardour import add_ardour_parser
 from .daw.lines import add_send_notes_parser
 from backline.bridge.serving.engine import DEFAULT_BATCH_WINDOW_MS, DEFAULT_MAX_BATCH
+from backline.bridge.osc import protocol
 from backline.bridge.osc.pacing import DEFAULT_RATE
 
 log = logging.getLogger("backline")
@@ -334,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the concurrency levels against the batching server only, not also with batching off")
     p.add_argument("--compare-windows", type=cli_types.milliseconds_list, default=None, metavar="MS,...",
                    help="also run the concurrency levels against servers with these --batch-window-ms values")
-    p.add_argument("--reply", choices=["messages", "bundle"], default="bundle",
+    p.add_argument("--reply", choices=protocol.REPLY_FORMS, default="bundle",
                    help="the benchmark clients ask for replies as OSC bundles (/backline/set bundle 1) or as single "
                         "messages, one datagram each (default bundle)")
     p.add_argument("--parts", type=_bench_parts, default=None, metavar="PART,...",

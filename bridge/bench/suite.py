@@ -271,7 +271,6 @@ def worker_main(ports: Sequence[int], notes: Sequence[Note], commands=sys.stdin,
         client.close()
 
 
-REPLY_FORMS = ("messages", "bundle")  # `--reply`: how the clients ask for their replies
 
 
 def _client_command(reply: str, *args: str) -> list[str]:
@@ -766,13 +765,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The client processes: `python -m backline.bridge.bench.suite --client --ports P[,P] --runs N`
     (one client, clips one after the other) or `... --client --worker --ports P[,P]` (a
     concurrency client driven through its stdin)."""
+    from backline.bridge.osc import protocol
+
     parser = argparse.ArgumentParser(prog="python -m backline.bridge.bench.suite")
     parser.add_argument("--client", action="store_true", required=True)
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--ports", required=True, help="comma-separated UDP ports of the servers")
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--notes", default=None, help="the clip as JSON [[pitch, start, duration, velocity, mute], ...]")
-    parser.add_argument("--reply", choices=REPLY_FORMS, default="bundle",
+    parser.add_argument("--reply", choices=protocol.REPLY_FORMS, default="bundle",
                         help="ask for the replies as OSC bundles or as single messages (default bundle)")
     args = parser.parse_args(argv)
     ports = [int(p) for p in args.ports.split(",")]

@@ -537,6 +537,7 @@ def notes_messages(address: str, head: Sequence[str | int], notes: Sequence[Note
 
 # --------------------------------------------------------------------------- bundled replies
 
+REPLY_FORMS = ("messages", "bundle")  # how a client can ask for clip replies: `bundle` 0 or 1
 MAX_BUNDLE_BYTES = 8192  # a bundle's datagram: what python-osc's default receive buffer takes
 _BUNDLE_HEAD = BUNDLE_PREFIX + struct.pack(">Q", 1)  # time tag 1: "immediately"
 
