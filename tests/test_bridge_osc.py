@@ -552,3 +552,27 @@ def test_reply_routing():
     assert clients.target_for(("10.0.0.2", 40001)) == ("10.0.0.2", 40001)
     clients.reply_to(("127.0.0.1", 40004), ("127.0.0.1", 0))
     assert clients.target_for(a) == a
+
+
+def test_a_pin_is_forgotten_after_its_sender_idles_and_kept_while_it_talks():
+    """A bare reply_to outlives its socket; after 10 idle minutes it no longer catches a
+    later sender on the same port (an oscsend of a liblo session), which then follows
+    the host's redirect."""
+    from backline.bridge.osc.clients import CLIENT_IDLE_S, Clients
+
+    now = [0.0]
+    clients = Clients(clock=lambda: now[0])
+    pinned, talking, dump = ("127.0.0.1", 40010), ("127.0.0.1", 40011), ("127.0.0.1", 9000)
+    clients.reply_to(pinned, None)
+    clients.reply_to(talking, None)
+    clients.reply_to(("127.0.0.1", 40012), dump)  # the liblo session's redirect for the host
+    for step in range(1, 12):  # `talking` sends a message a minute; `pinned` has gone quiet
+        now[0] = 60.0 * step
+        clients.client(talking)
+        clients.expire()
+        assert clients.target_for(talking) == talking
+    assert now[0] - 0.0 > CLIENT_IDLE_S
+    assert clients.target_for(pinned) == dump  # the old pin is gone: the host's redirect applies
+    now[0] += 1.0
+    clients.reply_to(pinned, None)  # pinned again, it is its own target again
+    assert clients.target_for(pinned) == pinned

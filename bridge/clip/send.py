@@ -124,7 +124,10 @@ class BridgeClient:
                   tempo: float, timeout: float, meter: str = "") -> Reply:
         """`meter`: the notes' meter, e.g. '6/8' ('': 4/4)."""
         clip_id = _new_id("clip")
-        request = protocol.clip_request(clip_id, notes, float(length_beats), model or "", seed, float(tempo), meter)
+        # reply_to again with every clip: a pin is forgotten after 10 idle minutes (a
+        # companion waiting in a DAW idles longer), and the clip's replies must come here.
+        request = protocol.clip_request(clip_id, notes, float(length_beats), model or "", seed, float(tempo), meter,
+                                        lead=[protocol.message(protocol.REPLY_TO)])
         for index, packet in enumerate(request):
             if index:
                 time.sleep(PAUSE_BETWEEN_MESSAGES_S)

@@ -65,11 +65,15 @@ class Clients:
         self.clock = clock
         self._assembler = assembler or (lambda: ClipAssembler(clock))
         self._pinned: OrderedDict[Address, Address] = OrderedDict()
+        self._pin_heard: dict[Address, float] = {}  # a pinned sender's last message
         self._by_host: OrderedDict[str, Address] = OrderedDict()
         self._clients: OrderedDict[Address, Client] = OrderedDict()
 
     def target_for(self, sender: Address) -> Address:
-        return self._pinned.get(sender) or self._by_host.get(sender[0]) or sender
+        pinned = self._pinned.get(sender)
+        if pinned is not None:
+            self._pin_heard[sender] = self.clock()
+        return pinned or self._by_host.get(sender[0]) or sender
 
     def reply_to(self, sender: Address, target: Address | None) -> None:
         """target None: pin the sender to itself; port 0: remove the redirect."""
@@ -81,6 +85,7 @@ class Clients:
         else:
             _bounded_set(self._pinned, sender, target, MAX_ROUTES)
             _bounded_set(self._by_host, sender[0], target, MAX_ROUTES)
+        self._pin_heard[sender] = self.clock()
 
     def client(self, sender: Address) -> Client:
         """The sender's client, created on first contact (least recently seen evicted)."""
@@ -97,11 +102,17 @@ class Clients:
         return list(self._clients)
 
     def expire(self) -> list[tuple[Address, Any]]:
-        """Expired clips as (target, clip id); forgets clients idle with no open clip."""
+        """Expired clips as (target, clip id); forgets clients idle with no open clip, and
+        the pins of senders idle as long. A pin outlives its sender's socket: a program
+        that later gets the same (ephemeral) port would have its replies routed by it."""
         now = self.clock()
         expired = []
         for target, client in list(self._clients.items()):
             expired += [(target, clip_id) for clip_id in client.clips.expire()]
             if not len(client.clips) and now - client.seen > CLIENT_IDLE_S:
                 del self._clients[target]
+        for sender, heard in list(self._pin_heard.items()):
+            if now - heard > CLIENT_IDLE_S or sender not in self._pinned:
+                del self._pin_heard[sender]
+                self._pinned.pop(sender, None)
         return expired

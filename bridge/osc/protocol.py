@@ -588,11 +588,13 @@ def packets(messages: Sequence[OscMessage], bundled: bool) -> list[Packet]:
     return out if last is None else [*out, last]
 
 
-def clip_request(clip_id: str | int, notes: Sequence[Note], *begin_args: Any) -> list[Packet]:
-    """A client's clip: `clip/begin clip_id *begin_args`, the notes, `clip/end`. As one
-    bundle where that fits in MAX_BUNDLE_BYTES (one datagram to send and for the server
-    to read: a clip of up to about 300 notes), else as the messages, one datagram each."""
-    messages = [message(CLIP_BEGIN, clip_id, *begin_args), *notes_messages(CLIP_NOTES, (clip_id,), notes),
+def clip_request(clip_id: str | int, notes: Sequence[Note], *begin_args: Any,
+                 lead: Sequence[OscMessage] = ()) -> list[Packet]:
+    """A client's clip: the `lead` messages (e.g. a bare reply_to), `clip/begin clip_id
+    *begin_args`, the notes, `clip/end`. As one bundle where that fits in MAX_BUNDLE_BYTES
+    (one datagram to send and for the server to read: a clip of up to about 300 notes),
+    else as the messages, one datagram each."""
+    messages = [*lead, message(CLIP_BEGIN, clip_id, *begin_args), *notes_messages(CLIP_NOTES, (clip_id,), notes),
                 message(CLIP_END, clip_id)]
     packed = packets(messages, True)
     return packed if len(packed) == 1 else messages
